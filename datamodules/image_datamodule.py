@@ -1,0 +1,293 @@
+"""A LightningDataModule for small labelled image sets held in memory as uint8.
+
+Images are decoded once into one uint8 tensor. Loaders hand out uint8 batches
+(a quarter of the bytes of float32 to copy to the device), and the batch is
+converted to float, augmented and optionally pixel-permuted after it reaches
+the device, in ``on_after_batch_transfer``. Normalisation belongs to the model
+(its ``mean``/``std`` are linked from here), so a checkpoint carries everything
+it needs to classify a plain [0, 1] image.
+
+Where images come from is decided by what ``data_dir`` holds:
+
+- ``data_dir/train/<class>/*.{png,jpg}`` (and ``data_dir/test/...``): an image folder;
+- ``data_dir/<torchvision folder>`` (e.g. ``cifar-10-batches-py``): torchvision's format;
+- nothing, with ``download=True``: torchvision downloads it in ``prepare_data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.augment import BatchAugment
+from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
+
+__all__ = ["ImageDataModule", "InMemoryImages"]
+
+
+class InMemoryImages(Dataset):
+    """Indexes uint8 image and label tensors; batches are gathered in one indexing op."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # The DataLoader calls this with a whole batch of indices: one gather
+        # instead of batch_size __getitem__ calls and a stack.
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate for ``InMemoryImages.__getitems__``: the batch is already stacked."""
+    return batch
+
+
+def split_indices(total: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, disjoint (train, val) index split of ``range(total)``.
+
+    Raises:
+        DataError: if ``val_size`` leaves no training images or is negative.
+    """
+    if not 0 <= val_size < total:
+        raise DataError(
+            f"val_size={val_size} does not fit a training set of {total} images.\n"
+            f"HINT: choose --data.val_size between 0 and {total - 1}."
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val/test splits of an in-memory image set with batched augmentation.
+
+    Subclasses name the torchvision dataset and the normalisation statistics.
+
+    Args:
+        data_dir: Folder holding the data (see the module docstring for layouts).
+        download: Let torchvision download the data when ``data_dir`` lacks it.
+        val_size: Images carved from the training split for validation.
+        split_seed: Seed of the train/validation split.
+        batch_size: Images per batch for every split.
+        num_workers: DataLoader worker processes. The data already sit in memory
+            as tensors, so 0 (load in the training process) is usually fastest.
+        augment: Apply the reference training augmentation (SPEC section 2).
+        permute_pixels: Shuffle pixel positions with one fixed permutation for
+            every image of every split (removes spatial structure).
+        permutation_seed: Seed of that permutation.
+        mean: Per-channel normalisation mean; ``None`` takes the dataset's.
+        std: Per-channel normalisation std; ``None`` takes the dataset's.
+        pin_memory: Pin host batches for faster copies to a GPU.
+    """
+
+    torchvision_dataset: ClassVar[Any]
+    torchvision_folder: ClassVar[str]
+    channels: ClassVar[int] = 3
+    default_mean: ClassVar[tuple[float, ...]]
+    default_std: ClassVar[tuple[float, ...]]
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        download: bool = False,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        augment: bool = True,
+        permute_pixels: bool = False,
+        permutation_seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size} must be at least 1.\nHINT: e.g. --data.batch_size 64.")
+        if num_workers < 0:
+            raise DataError(f"num_workers={num_workers} must be 0 or more.\nHINT: e.g. --data.num_workers 0.")
+        if val_size < 0:
+            raise DataError(f"val_size={val_size} must be 0 or more.\nHINT: e.g. --data.val_size 5000.")
+        # mean/std are logged by the model, which receives the resolved values.
+        self.save_hyperparameters(ignore=["mean", "std"])
+        self.data_dir = Path(data_dir).expanduser()
+        self.download = download
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.mean = tuple(mean) if mean is not None else self.default_mean
+        self.std = tuple(std) if std is not None else self.default_std
+        for name, stats in (("mean", self.mean), ("std", self.std)):
+            if len(stats) != self.channels:
+                raise DataError(
+                    f"{name}={list(stats)} has {len(stats)} values, the images have {self.channels} channels.\n"
+                    f"HINT: give one value per channel to --data.{name}."
+                )
+        if any(s <= 0 for s in self.std):
+            raise DataError(f"std={list(self.std)} must be positive.\nHINT: fix --data.std.")
+        self.augmenter = BatchAugment() if augment else None
+        self.permute_pixels = permute_pixels
+        self.permutation_seed = permutation_seed
+        self.source = self._detect_source()
+        self._classes: list[str] | None = None
+        self._image_size: tuple[int, int] | None = None
+        self.train_set: InMemoryImages | None = None
+        self.val_set: InMemoryImages | None = None
+        self.test_set: InMemoryImages | None = None
+        self._permutation: torch.Tensor | None = None
+
+    # ---- where the data come from -------------------------------------------------
+
+    def _detect_source(self) -> str:
+        if (self.data_dir / "train").is_dir():
+            return "folder"
+        if (self.data_dir / self.torchvision_folder).is_dir():
+            return "torchvision"
+        if self.download:
+            return "torchvision"
+        what = "does not exist" if not self.data_dir.exists() else "holds neither train/ nor " + self.torchvision_folder
+        raise DataError(
+            f"data_dir '{self.data_dir}' {what}, and download is off.\n"
+            f"HINT: pass --data.download true to fetch it, or point --data.data_dir at a folder holding "
+            f"{self.torchvision_folder}/ or train/<class>/*.png and test/<class>/*.png."
+        )
+
+    def _torchvision_split(self, split: str) -> Any:
+        return self.torchvision_dataset(str(self.data_dir), train=split == "train", download=False)
+
+    def _load_split(self, split: str) -> ImageSet:
+        if self.source == "folder":
+            split_dir = self.data_dir / split
+            if not split_dir.is_dir():
+                raise DataError(
+                    f"The image folder '{self.data_dir}' has no '{split}' split.\n"
+                    f"HINT: create {split_dir}/<class>/*.png (the same class folders as train/)."
+                )
+            images = load_image_folder(split_dir, channels=self.channels)
+            if images.classes != self.classes:
+                raise DataError(
+                    f"The classes of '{split_dir}' {images.classes} differ from those of train/ {self.classes}.\n"
+                    "HINT: every split needs the same class folders."
+                )
+            return images
+        dataset = self._torchvision_split(split)
+        images = torch.as_tensor(dataset.data)
+        images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images.unsqueeze(1)
+        return ImageSet(images.contiguous(), torch.as_tensor(dataset.targets), list(dataset.classes), [])
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, read from the data (folder names or the dataset's metadata)."""
+        if self._classes is None:
+            if self.source == "folder":
+                self._classes = find_classes(self.data_dir / "train")
+            else:
+                self.prepare_data()
+                self._classes = list(self._torchvision_split("test").classes)
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        if self._image_size is None:
+            if self.train_set is not None:
+                self._image_size = tuple(self.train_set.images.shape[-2:])
+            else:
+                self._image_size = self._peek_image_size()
+        return (self.channels, *self._image_size)
+
+    def _peek_image_size(self) -> tuple[int, int]:
+        if self.source == "folder":
+            from torchvision.io import read_image
+
+            class_dir = self.data_dir / "train" / self.classes[0]
+            first = next(p for p in sorted(class_dir.iterdir()) if p.is_file())
+            return tuple(read_image(str(first)).shape[-2:])
+        self.prepare_data()
+        return tuple(self._load_split("test").images.shape[-2:])
+
+    # ---- Lightning hooks --------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.source == "torchvision" and self.download:
+            for train in (True, False):
+                try:
+                    self.torchvision_dataset(str(self.data_dir), train=train, download=True)
+                except OSError as error:  # URLError and socket errors are OSErrors
+                    raise DataError(
+                        f"Could not download {self.torchvision_dataset.__name__} into '{self.data_dir}': {error}.\n"
+                        f"HINT: without network, place {self.torchvision_folder}/ or train/<class>/*.png there "
+                        "yourself and set --data.download false."
+                    ) from error
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate") and self.train_set is None:
+            full = self._load_split("train")
+            train_index, val_index = split_indices(len(full.labels), self.val_size, self.split_seed)
+            self.train_set = InMemoryImages(full.images[train_index], full.labels[train_index])
+            self.val_set = InMemoryImages(full.images[val_index], full.labels[val_index])
+            self._image_size = tuple(full.images.shape[-2:])
+        if stage in ("test", "predict") and self.test_set is None:
+            test = self._load_split("test")
+            self.test_set = InMemoryImages(test.images, test.labels)
+            self._image_size = tuple(test.images.shape[-2:])
+
+    def _loader(self, dataset: InMemoryImages | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("setup() must run before the dataloaders are requested.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_keep_batch,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def permutation(self, num_pixels: int) -> torch.Tensor:
+        """The fixed pixel permutation: seeded, so every split and every process agrees."""
+        if self._permutation is None or len(self._permutation) != num_pixels:
+            generator = torch.Generator().manual_seed(self.permutation_seed)
+            self._permutation = torch.randperm(num_pixels, generator=generator)
+        return self._permutation
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = images.float().div_(255)
+        if self.augmenter is not None and self.trainer is not None and self.trainer.training:
+            images = self.augmenter(images)
+        if self.permute_pixels:
+            flat = images.flatten(2)
+            images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
+        return images, labels

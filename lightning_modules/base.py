@@ -1,0 +1,139 @@
+"""The classification base every architecture shares: loss, metrics, logging, optimiser.
+
+Subclasses only build ``self.net``, a plain ``nn.Module`` mapping normalised
+images to logits. The base normalises [0, 1] images itself, with statistics
+linked from the datamodule, so a checkpoint classifies raw images on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["ImageClassifier", "reference_plateau"]
+
+
+def reference_plateau(optimizer: torch.optim.Optimizer) -> ReduceLROnPlateau:
+    """The source's scheduler: halve the learning rate after 3 epochs without progress."""
+    return ReduceLROnPlateau(optimizer, mode="min", patience=3, factor=0.5)
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classifier over ``self.net`` with torchmetrics accuracy.
+
+    Logs ``train/loss`` every step, ``train/loss_epoch`` and ``train/acc`` every
+    epoch, and ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+
+    Args:
+        num_classes: Number of classes (linked from the datamodule).
+        input_shape: ``(channels, height, width)`` of one image (linked from the datamodule).
+        mean: Per-channel normalisation mean (linked from the datamodule).
+        std: Per-channel normalisation std (linked from the datamodule).
+        optimizer: Builds the optimiser from parameter groups (Adam, lr 1e-3 by default).
+        scheduler: Builds the learning-rate scheduler, stepped each epoch on
+            ``val/loss``; ``None`` for a constant learning rate.
+    """
+
+    # Metric the scheduler watches; validation drives every training decision.
+    scheduler_monitor = "val/loss"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (3, 32, 32),
+        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+        std: Sequence[float] = (0.2023, 0.1994, 0.2010),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = reference_plateau,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+        if len(input_shape) != 3 or min(input_shape) < 1:
+            raise ValueError(f"input_shape={list(input_shape)} must be (channels, height, width).")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        _check_optimizer(optimizer)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss = MeanMetric()
+        self.net: nn.Module
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for images in [0, 1], shape ``[N, C, H, W]``."""
+        return self.net((images - self.mean) / self.std)
+
+    def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self(images)
+        return F.cross_entropy(logits, labels), logits.argmax(dim=1), labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, preds, labels = self.model_step(batch)
+        self.train_acc(preds, labels)
+        self.train_loss(loss.detach(), len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        self.val_acc(preds, labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        self.test_acc(preds, labels)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        self.log("test/acc", self.test_acc, on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=1)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; subclasses split them for discriminative learning rates."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
+        }
+
+
+def _check_optimizer(optimizer: OptimizerCallable) -> None:
+    """Build the optimiser once on a dummy parameter so bad settings fail at start, not after data loading."""
+    try:
+        optimizer([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"model.optimizer is invalid: {error}.\n"
+            "HINT: learning rates and weight decay must be non-negative numbers, "
+            "e.g. --model.optimizer.lr 1e-3."
+        ) from error

@@ -1,0 +1,117 @@
+"""The main small CNN, with optional squeeze-and-excitation after each block.
+
+Three blocks of Conv 3x3 -> BatchNorm -> ReLU (-> SE) -> MaxPool 2, widths
+32/64/128 (32x32 -> 16 -> 8 -> 4), then Linear 512 -> Dropout 0.5 -> classes.
+Blocks are named ``conv1..conv3`` (their outputs are the post-ReLU, post-SE
+feature maps that Grad-CAM and the feature-map plots address); the SE module of
+a block is ``convN.se``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lightning_modules.attention import SqueezeExcite
+from lightning_modules.base import ImageClassifier
+
+__all__ = ["CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier"]
+
+
+class ConvBlock(nn.Sequential):
+    """Conv 3x3 -> BatchNorm -> ReLU, then SE when ``se_ratio`` is given."""
+
+    def __init__(self, in_channels: int, out_channels: int, se_ratio: int | None = None) -> None:
+        layers: dict[str, nn.Module] = {
+            "conv": nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            "bn": nn.BatchNorm2d(out_channels),
+            "relu": nn.ReLU(inplace=True),
+        }
+        if se_ratio is not None:
+            layers["se"] = SqueezeExcite(out_channels, se_ratio)
+        super().__init__(OrderedDict(layers))
+
+
+class CNN(nn.Module):
+    """Three conv blocks and a two-layer classifier (about 1.15 M parameters on CIFAR-10)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: tuple[int, int] = (32, 32),
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 512,
+        dropout: float = 0.5,
+        se_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"widths={list(widths)} must name 3 block widths (conv1..conv3).")
+        self.conv1 = ConvBlock(in_channels, widths[0], se_ratio)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = ConvBlock(widths[0], widths[1], se_ratio)
+        self.pool2 = nn.MaxPool2d(2)
+        self.conv3 = ConvBlock(widths[1], widths[2], se_ratio)
+        self.pool3 = nn.MaxPool2d(2)
+        height, width = (size // 8 for size in image_size)
+        if min(height, width) < 1:
+            raise ValueError(f"The CNN needs images of at least 8x8 pixels, got {image_size}.")
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(widths[2] * height * width, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        x = self.pool3(self.conv3(x))
+        return self.classifier(x)
+
+
+class CNNClassifier(ImageClassifier):
+    """The CNN recipe.
+
+    Args:
+        widths: Channels of conv1..conv3.
+        hidden: Width of the hidden linear layer.
+        dropout: Dropout before the last layer.
+        **kwargs: See ``ImageClassifier``.
+    """
+
+    def __init__(
+        self, widths: Sequence[int] = (32, 64, 128), hidden: int = 512, dropout: float = 0.5, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        channels, height, width = self.input_shape
+        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout)
+
+
+class CNNSEClassifier(ImageClassifier):
+    """The CNN with squeeze-and-excitation after each block's ReLU (``convN.se``).
+
+    Args:
+        se_ratio: Channel reduction of the SE bottleneck.
+        widths: Channels of conv1..conv3.
+        hidden: Width of the hidden linear layer.
+        dropout: Dropout before the last layer.
+        **kwargs: See ``ImageClassifier``.
+    """
+
+    def __init__(
+        self,
+        se_ratio: int = 16,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 512,
+        dropout: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        channels, height, width = self.input_shape
+        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, se_ratio)
