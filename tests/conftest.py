@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny image-folder datasets written to disk, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+# Keep CPU tests from oversubscribing the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("bird", "cat", "ship"),
+    per_class: dict[str, int] | None = None,
+    size: int = 32,
+    channels: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write ``root/<split>/<class>/<i>.png`` with a class-dependent mean colour.
+
+    Each class gets its own base colour plus noise, so a model can learn
+    something in a few steps, but images are never constant.
+    """
+    per_class = per_class or {"train": 24, "test": 6}
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = (label + 1) * 255 / (len(classes) + 1)
+            for index in range(count):
+                pixels = rng.normal(base, 40, size=(size, size, channels)).clip(0, 255).astype(np.uint8)
+                mode = "RGB" if channels == 3 else "L"
+                Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(folder / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes, 24 training and 6 test images each, 32x32 RGB PNG."""
+    return write_image_folder(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run ``cli.py`` in-process from ``tmp_path`` (logs land there); returns the ProjectCLI."""
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str):
+        return cli.main([str(a) for a in args])
+
+    return run

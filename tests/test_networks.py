@@ -1,0 +1,144 @@
+"""Shapes, sizes, layer names and attention gates of every network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_modules import (
+    CNNClassifier,
+    CNNSEClassifier,
+    LeNetClassifier,
+    MLPClassifier,
+    ResNet18CBAMClassifier,
+    ResNet18Classifier,
+    VGGClassifier,
+)
+from lightning_modules.attention import CBAM, SqueezeExcite
+from lightning_modules.vgg import VGG_CONFIGS
+
+ALL = [
+    MLPClassifier,
+    LeNetClassifier,
+    CNNClassifier,
+    CNNSEClassifier,
+    ResNet18Classifier,
+    ResNet18CBAMClassifier,
+    VGGClassifier,
+]
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("num_classes", [10, 7])
+def test_logits_shape_and_finite(cls, num_classes):
+    model = cls(num_classes=num_classes).eval()
+    logits = model(torch.rand(4, 3, 32, 32))
+    assert logits.shape == (4, num_classes)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, LeNetClassifier, CNNClassifier, CNNSEClassifier])
+def test_small_networks_take_grayscale_28px(cls):
+    model = cls(num_classes=10, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,)).eval()
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_mlp_has_about_1_7_million_parameters():
+    assert 1.65e6 < n_params(MLPClassifier()) < 1.75e6
+
+
+def test_se_adds_under_two_percent_to_the_cnn():
+    cnn, cnn_se = n_params(CNNClassifier()), n_params(CNNSEClassifier())
+    assert cnn < cnn_se < 1.02 * cnn
+
+
+def test_cnn_blocks_are_named_conv1_to_conv3_with_se_inside():
+    model = CNNSEClassifier().net
+    for index, width in zip((1, 2, 3), (32, 64, 128)):
+        block = model.get_submodule(f"conv{index}")
+        assert block.conv.out_channels == width
+        assert isinstance(block.se, SqueezeExcite)
+    assert not hasattr(CNNClassifier().net.conv1, "se")
+
+
+def test_resnet_stage_shapes_and_cbam_placement():
+    net = ResNet18CBAMClassifier().net.eval()
+    shapes = {}
+    hooks = [
+        net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape[1:]))
+        for name in ("layer1", "layer2", "layer3", "layer4")
+    ]
+    net(torch.rand(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert shapes == {
+        "layer1": (64, 32, 32),
+        "layer2": (128, 16, 16),
+        "layer3": (256, 8, 8),
+        "layer4": (512, 4, 4),
+    }
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert set(net.cbam.keys()) == {"layer1", "layer2", "layer3", "layer4"}
+    # CBAM sits between stages, never inside a residual block.
+    assert not any(isinstance(m, CBAM) for name in ("layer1", "layer4") for m in net.get_submodule(name).modules())
+    assert ResNet18Classifier().net.cbam is None
+    assert not hasattr(net, "maxpool")
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+def test_vgg_depth_selects_the_real_table(depth):
+    net = VGGClassifier(depth=depth).net
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == depth - 3  # VGG-N counts 3 fully connected layers of the ImageNet head
+    assert len(convs) == sum(1 for item in VGG_CONFIGS[depth] if item != "M")
+
+
+def test_vgg_rejects_unknown_depth():
+    with pytest.raises(ValueError, match="depth=12"):
+        VGGClassifier(depth=12)
+
+
+def _gates(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    gates: dict[str, torch.Tensor] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, i, o, name=name: gates.__setitem__(name, o))
+        for name, module in model.named_modules()
+        if name.endswith("gate")
+    ]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return gates
+
+
+@pytest.mark.parametrize("cls", [CNNSEClassifier, ResNet18CBAMClassifier])
+def test_attention_gates_start_near_one_half(cls):
+    torch.manual_seed(0)
+    model = cls().eval()
+    gates = _gates(model, torch.rand(8, 3, 32, 32))
+    expected = 3 if cls is CNNSEClassifier else 8  # SE per block; CBAM: channel + spatial per stage
+    assert len(gates) == expected
+    for name, gate in gates.items():
+        assert (gate - 0.5).abs().max() < 0.1, name
+
+
+def test_attention_only_rescales_its_input():
+    x = torch.rand(2, 16, 8, 8)
+    for block in (SqueezeExcite(16), CBAM(16)):
+        y = block(x)
+        assert y.shape == x.shape
+        assert (y <= x + 1e-6).all() and (y >= 0).all()  # gates in (0, 1) scale non-negative input down
+
+
+def test_model_normalises_with_linked_statistics():
+    model = CNNClassifier(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    expected = model.net((images - 0.5) / 0.25)
+    torch.testing.assert_close(model(images), expected)
