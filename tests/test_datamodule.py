@@ -1,0 +1,158 @@
+"""Sources, splits, classes, augmentation placement and the pixel permutation."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from datamodules import CIFAR10DataModule
+from datamodules.image_datamodule import split_indices
+from datamodules.image_folder import DataError
+from tests.conftest import write_image_folder
+
+
+def test_classes_and_shape_come_from_the_folder(tmp_path):
+    write_image_folder(tmp_path, classes=("apple", "pear"), per_class={"train": 3, "test": 1}, size=24)
+    dm = CIFAR10DataModule(data_dir=tmp_path, val_size=1)
+    assert dm.source == "folder"
+    assert dm.classes == ["apple", "pear"]
+    assert dm.num_classes == 2
+    assert dm.input_shape == (3, 24, 24)
+
+
+def test_split_sizes_disjoint_and_deterministic(tiny_data):
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=20, split_seed=3)
+    dm.setup("fit")
+    assert len(dm.train_set) == 52 and len(dm.val_set) == 20
+    train, val = split_indices(72, 20, seed=3)
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(72))
+    again, _ = split_indices(72, 20, seed=3)
+    other, _ = split_indices(72, 20, seed=4)
+    assert torch.equal(train, again)
+    assert not torch.equal(train, other)
+    # The datamodule's validation images are exactly the seeded subset.
+    dm2 = CIFAR10DataModule(data_dir=tiny_data, val_size=20, split_seed=3)
+    dm2.setup("fit")
+    assert torch.equal(dm.val_set.images, dm2.val_set.images)
+
+
+def test_test_split_is_untouched_by_fit(tiny_data):
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10)
+    dm.setup("test")
+    assert len(dm.test_set) == 18
+    assert dm.train_set is None and dm.val_set is None
+
+
+def test_batches_are_uint8_until_the_device_and_augmented_only_in_training(tiny_data):
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10, batch_size=8)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32) and labels.dtype == torch.int64
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    dm.trainer = trainer
+    trainer.state.stage = "validate"
+    plain, _ = dm.on_after_batch_transfer((images, labels), 0)
+    torch.testing.assert_close(plain, images.float() / 255)
+    trainer.state.stage = "train"
+    torch.manual_seed(0)
+    augmented, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert augmented.shape == plain.shape and 0 <= augmented.min() and augmented.max() <= 1
+    assert not torch.equal(augmented, plain)
+
+
+def test_pixel_permutation_is_fixed_seeded_and_shared_by_splits(tiny_data):
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10, permute_pixels=True, permutation_seed=7, augment=False)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    permuted, _ = dm.on_after_batch_transfer((images, torch.zeros(4)), 0)
+    perm = dm.permutation(32 * 32)
+    expected = (images.float() / 255).flatten(2)[:, :, perm].view(4, 3, 32, 32)
+    torch.testing.assert_close(permuted, expected)
+    assert sorted(perm.tolist()) == list(range(1024)) and not torch.equal(perm, torch.arange(1024))
+    same = CIFAR10DataModule(data_dir=tiny_data, permute_pixels=True, permutation_seed=7).permutation(1024)
+    other = CIFAR10DataModule(data_dir=tiny_data, permute_pixels=True, permutation_seed=8).permutation(1024)
+    assert torch.equal(perm, same) and not torch.equal(perm, other)
+
+
+def test_folder_without_test_split_is_named(tmp_path):
+    write_image_folder(tmp_path, per_class={"train": 4})
+    dm = CIFAR10DataModule(data_dir=tmp_path, val_size=2)
+    with pytest.raises(DataError, match="no 'test' split"):
+        dm.setup("test")
+
+
+def test_class_mismatch_between_splits_is_named(tmp_path):
+    write_image_folder(tmp_path, classes=("a", "b"), per_class={"train": 4})
+    write_image_folder(tmp_path, classes=("a", "c"), per_class={"test": 2})
+    dm = CIFAR10DataModule(data_dir=tmp_path, val_size=2)
+    with pytest.raises(DataError, match="differ"):
+        dm.setup("test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"batch_size": 0}, "batch_size=0"), ({"val_size": -1}, "val_size=-1"), ({"mean": (0.5,)}, "mean"),
+     ({"std": (0.5, 0.0, 0.5)}, "std")],
+)
+def test_bad_arguments_name_the_value(tiny_data, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        CIFAR10DataModule(data_dir=tiny_data, **kwargs)
+
+
+def test_missing_data_dir_without_download_is_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*\n.*HINT"):
+        CIFAR10DataModule(data_dir=tmp_path / "nowhere")
+
+
+class SmallCIFAR10(CIFAR10):
+    """torchvision's CIFAR-10 reader over a small file set written by the test (checksums of our own files)."""
+
+    train_list: list = []
+    test_list: list = []
+    meta = {**CIFAR10.meta}
+
+
+def _write_cifar_batches(root: Path) -> list[str]:
+    """Write a small dataset in torchvision's CIFAR-10 pickle format, with its own checksums."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    classes = ["plane", "car", "bird"]
+
+    def dump(name: str, payload: dict) -> list[str]:
+        path = folder / name
+        path.write_bytes(pickle.dumps(payload))
+        return [name, hashlib.md5(path.read_bytes()).hexdigest()]
+
+    def batch(n: int) -> dict:
+        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 3, n))}
+
+    SmallCIFAR10.train_list = [dump("data_batch_1", batch(20))]
+    SmallCIFAR10.test_list = [dump("test_batch", batch(5))]
+    name, md5 = dump("batches.meta", {"label_names": classes})
+    SmallCIFAR10.meta = {"filename": name, "key": "label_names", "md5": md5}
+    return classes
+
+
+def test_torchvision_format_is_read_with_its_own_class_names(tmp_path):
+    classes = _write_cifar_batches(tmp_path)
+
+    class SmallDataModule(CIFAR10DataModule):
+        torchvision_dataset = SmallCIFAR10
+
+    dm = SmallDataModule(data_dir=tmp_path, val_size=5)
+    assert dm.source == "torchvision"
+    assert dm.classes == classes
+    dm.setup("fit")
+    assert len(dm.train_set) == 15 and dm.train_set.images.shape[1:] == (3, 32, 32)
+    assert dm.train_set.images.dtype == torch.uint8
+    dm.setup("test")
+    assert len(dm.test_set) == 5
