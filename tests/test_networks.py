@@ -142,3 +142,15 @@ def test_model_normalises_with_linked_statistics():
     images = torch.rand(2, 3, 32, 32)
     expected = model.net((images - 0.5) / 0.25)
     torch.testing.assert_close(model(images), expected)
+
+
+def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():
+    torch.manual_seed(0)
+    plain = CNNClassifier().eval()
+    fast = CNNClassifier(channels_last=True, compile=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    assert fast.net.conv2.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(fast.state_dict()) == set(plain.state_dict())  # no "_orig_mod." prefixes
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-4)
