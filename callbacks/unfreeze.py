@@ -1,0 +1,370 @@
+"""Progressive unfreezing: a schedule of which modules train, from which epoch, at which learning rate.
+
+SPEC section 4: ResNet18 + CBAM first trains only its new modules, then layer3
+and layer4 join at a 10x lower learning rate, then everything at 10x lower again.
+The schedule is configuration (``configs/resnet_cbam.yaml``)::
+
+    - class_path: callbacks.ProgressiveUnfreeze
+      init_args:
+        stages:
+          - {epoch: 0,  train: [conv1, cbam, fc], lr: 1.0e-3}
+          - {epoch: 5,  train: [+layer3, +layer4], lr: 1.0e-4}
+          - {epoch: 20, train: all, lr: 1.0e-5}
+
+Epochs count from 0, as Lightning's ``current_epoch`` does (the source counted
+from 1: its stage 2 began at its epoch 6, our epoch 5).
+
+Why not Lightning's ``BaseFinetuning``: three of its choices break this project.
+
+- It freezes in ``setup``, before DDP wraps the model. DDP registers only the
+  parameters that require grad at wrap time, so layers unfrozen later are never
+  all-reduced and the replicas drift apart silently (Lightning issue 20340).
+  Here every change of the trainable set re-wraps the module in a new
+  ``DistributedDataParallel``, built by the strategy itself: the new reducer
+  registers exactly the parameters that train now, and its construction
+  broadcasts rank zero's weights. Keeping frozen parameters registered instead
+  makes DDP fail at the second step, waiting for gradients they never get (or
+  needs ``find_unused_parameters`` and a graph walk every step).
+- On resume it freezes again in ``setup`` and restores only the param groups,
+  so layers unfrozen before the checkpoint come back frozen (Lightning issue
+  21901). Here the stage is the callback's state; ``on_fit_start`` rebuilds the
+  trainable set and the groups of that stage before Lightning loads the
+  optimiser and scheduler state, which then match group for group.
+- Frozen BatchNorm keeps updating its running statistics in train mode. Here
+  it is put in eval mode at every epoch start (after the validation loop has
+  restored modes) unless ``train_bn`` is set.
+
+Learning rates: each stage adds one parameter group, ``stage<i>``, at that
+stage's rate; earlier groups keep theirs (as the scheduler left them), so the
+optimiser's moments survive an unfreeze. ``reset_optimizer=True`` restores the
+source's behaviour instead: at each stage every trainable parameter goes into
+one fresh group at the stage's rate, with the optimiser state (Adam's moments
+and step counts) and the plateau counters cleared.
+
+Schedulers: ``ReduceLROnPlateau`` keeps one minimum per group, extended here as
+groups are added. Schedulers that compute rates from per-group base rates
+would rescale or break when groups appear, so they are refused at start.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from typing_extensions import override
+
+__all__ = ["ProgressiveUnfreeze", "Stage"]
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the schedule.
+
+    Attributes:
+        epoch: First epoch (0-based) of the stage.
+        train: Dotted module names that train from this epoch on, or ``None`` for all parameters.
+        lr: Learning rate of the parameters this stage adds.
+        extends: Whether ``train`` adds to the previous stage's modules (names written ``+name``).
+    """
+
+    epoch: int
+    train: tuple[str, ...] | None
+    lr: float
+    extends: bool = False
+
+    @classmethod
+    def from_config(cls, index: int, config: Mapping[str, Any] | Stage) -> Stage:
+        """Check one configured stage; errors name the stage and the fix."""
+        if isinstance(config, Stage):
+            return config
+        unknown = set(config) - {"epoch", "train", "lr"}
+        missing = {"epoch", "train", "lr"} - set(config)
+        if unknown or missing:
+            raise ValueError(
+                f"stages[{index}]={dict(config)}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}.\n"
+                "HINT: each stage is {epoch: 0, train: [conv1, cbam, fc], lr: 1.0e-3}."
+            )
+        epoch, train, lr = config["epoch"], config["train"], config["lr"]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"stages[{index}].epoch={epoch!r} must be a non-negative integer (epochs count from 0).")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"stages[{index}].lr={lr!r} must be a positive number.\nHINT: e.g. lr: 1.0e-4.")
+        if train == ALL:
+            return cls(epoch, None, float(lr))
+        if isinstance(train, str) or not isinstance(train, Sequence) or not train:
+            raise ValueError(
+                f"stages[{index}].train={train!r} must be `all` or a non-empty list of module names.\n"
+                "HINT: e.g. train: [conv1, cbam, fc], or train: [+layer3] to add to the previous stage."
+            )
+        added = [name.startswith("+") for name in train]
+        if any(added) and not all(added):
+            raise ValueError(
+                f"stages[{index}].train={list(train)} mixes `+name` and `name`.\n"
+                "HINT: write every name with `+` to add to the previous stage, or none to list the full set."
+            )
+        return cls(epoch, tuple(name.removeprefix("+") for name in train), float(lr), extends=all(added))
+
+
+class ProgressiveUnfreeze(L.Callback):
+    """Train more of the model at each stage, each newly unfrozen part in its own parameter group.
+
+    Logs ``unfreeze/stage`` and ``lr/<group name>`` each epoch. ``stage_start_steps``
+    (the global step at which each stage began) and ``stage_boundaries`` (their
+    epochs) let plots mark the stages; the former is kept in checkpoints.
+
+    Args:
+        stages: The schedule, one mapping per stage with ``epoch`` (0-based, the
+            first must be 0, increasing), ``train`` (``all``, or dotted module
+            names of the model's ``net``: a list of ``+name`` adds to the previous
+            stage, a list of plain names is the whole trainable set) and ``lr``
+            (positive). Names resolve against ``pl_module.net`` when the module
+            has one (every ``ImageClassifier``), else the LightningModule itself.
+        train_bn: Let BatchNorm layers in frozen modules learn and update their
+            running statistics from the start; by default they do neither.
+        reset_optimizer: The source's behaviour: a fresh optimiser state and one
+            parameter group at the stage's rate at every stage.
+
+    Raises:
+        ValueError: A malformed stage, epochs not increasing, a non-positive rate.
+    """
+
+    def __init__(
+        self, stages: Sequence[Mapping[str, Any] | Stage], train_bn: bool = False, reset_optimizer: bool = False
+    ) -> None:
+        if not stages:
+            raise ValueError(
+                "ProgressiveUnfreeze needs at least one stage.\nHINT: e.g. stages: [{epoch: 0, train: all, lr: 1.0e-3}]."
+            )
+        self.stages = [Stage.from_config(index, stage) for index, stage in enumerate(stages)]
+        if self.stages[0].epoch != 0:
+            raise ValueError(
+                f"stages[0].epoch={self.stages[0].epoch}: the first stage must start at epoch 0, "
+                "or nothing would train before it.\nHINT: set the first stage's epoch to 0."
+            )
+        epochs = [stage.epoch for stage in self.stages]
+        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
+            raise ValueError(f"Stage epochs {epochs} must be strictly increasing.\nHINT: e.g. 0, 5, 20.")
+        self.train_bn = train_bn
+        self.reset_optimizer = reset_optimizer
+        self.stage = -1  # index of the stage in effect; -1 before fit starts
+        self.stage_start_steps: list[int] = []
+        self._trainable: list[list[nn.Parameter]] = []  # per stage, in model order
+        self._covered: list[set[int]] = []  # per stage, ids of the modules that train
+
+    @property
+    def stage_boundaries(self) -> list[int]:
+        """First epoch of each stage."""
+        return [stage.epoch for stage in self.stages]
+
+    def stage_at(self, epoch: int) -> int:
+        """Index of the stage in effect during ``epoch``."""
+        return max(index for index, stage in enumerate(self.stages) if stage.epoch <= epoch)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ValueError(
+                f"ProgressiveUnfreeze supports single-device and DDP training, not {type(trainer.strategy).__name__}.\n"
+                "HINT: use --trainer.strategy ddp (or auto on one device)."
+            )
+        self._resolve(pl_module)
+
+    def _resolve(self, pl_module: L.LightningModule) -> None:
+        """Turn every stage's names into its trainable parameters and covered modules, checking them."""
+        root = pl_module.net if isinstance(getattr(pl_module, "net", None), nn.Module) else pl_module
+        batch_norm = [p for m in pl_module.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
+        self._trainable, self._covered = [], []
+        names: list[str] = []
+        for index, stage in enumerate(self.stages):
+            if stage.train is None:
+                modules = [pl_module]
+            else:
+                names = [*names, *stage.train] if stage.extends else list(stage.train)
+                modules = [_submodule(root, name, index) for name in names]
+            covered = {id(m) for module in modules for m in module.modules()}
+            chosen = {id(p) for module in modules for p in module.parameters()}
+            if self.train_bn:
+                chosen |= {id(p) for p in batch_norm}
+            trainable = [p for p in pl_module.parameters() if id(p) in chosen]
+            previous = {id(p) for p in self._trainable[-1]} if self._trainable else set()
+            if not previous < chosen:
+                what = "would freeze parameters that already train" if previous - chosen else "adds no parameters"
+                raise ValueError(
+                    f"stages[{index}] (train={_describe(stage)}) {what}.\n"
+                    "HINT: each stage must unfreeze more of the model; write `+name` to add to the previous stage."
+                )
+            self._trainable.append(trainable)
+            self._covered.append(covered)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = _single_optimizer(trainer)
+        if len(optimizer.param_groups) > 1:
+            raise ValueError(
+                f"The model's optimiser has {len(optimizer.param_groups)} parameter groups, but ProgressiveUnfreeze "
+                "sets the groups and their learning rates itself.\n"
+                "HINT: leave model.backbone_lr unset when the trainer has a ProgressiveUnfreeze callback."
+            )
+        scheduler = _plateau_or_none(trainer)
+        # A fresh run starts at stage 0; a resumed one at the stage its checkpoint holds. Lightning loads
+        # the optimiser and scheduler state after this hook, into exactly these groups.
+        self.stage = max(self.stage, 0)
+        optimizer.param_groups.clear()
+        optimizer.state.clear()
+        if self.reset_optimizer:
+            self._add_group(optimizer, self.stage, self._trainable[self.stage])
+        else:
+            for index in range(self.stage + 1):
+                self._add_group(optimizer, index, self._new_in(index))
+        _fit_plateau(scheduler, optimizer)
+        if not self.stage_start_steps:
+            self.stage_start_steps = [trainer.global_step]
+        self._apply_trainable(trainer, pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        target = self.stage_at(trainer.current_epoch)
+        if target > self.stage:
+            optimizer = _single_optimizer(trainer)
+            scheduler = _plateau_or_none(trainer)
+            if self.reset_optimizer:
+                optimizer.param_groups.clear()
+                optimizer.state.clear()
+                self._add_group(optimizer, target, self._trainable[target])
+                if scheduler is not None:
+                    scheduler._reset()  # the source built a fresh scheduler with its fresh optimiser
+            else:
+                for index in range(self.stage + 1, target + 1):
+                    self._add_group(optimizer, index, self._new_in(index))
+            _fit_plateau(scheduler, optimizer)
+            self.stage_start_steps += [trainer.global_step] * (target - self.stage)
+            self.stage = target
+            self._apply_trainable(trainer, pl_module)
+        self._apply_batch_norm_modes(pl_module)
+        rates = {f"lr/{group['name']}": float(group["lr"]) for group in _single_optimizer(trainer).param_groups}
+        pl_module.log_dict({"unfreeze/stage": float(self.stage), **rates}, on_step=False, on_epoch=True)
+
+    def _new_in(self, index: int) -> list[nn.Parameter]:
+        """Parameters that start training at stage ``index``."""
+        before = {id(p) for p in self._trainable[index - 1]} if index > 0 else set()
+        return [p for p in self._trainable[index] if id(p) not in before]
+
+    def _add_group(self, optimizer: Optimizer, index: int, params: list[nn.Parameter]) -> None:
+        optimizer.add_param_group({"params": params, "lr": self.stages[index].lr, "name": f"stage{index}"})
+
+    def _apply_trainable(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Set ``requires_grad`` for the current stage, then let DDP register exactly that set."""
+        trainable = {id(p) for p in self._trainable[self.stage]}
+        for param in pl_module.parameters():
+            param.requires_grad_(id(param) in trainable)
+        _rewrap_ddp(trainer)
+
+    def _apply_batch_norm_modes(self, pl_module: L.LightningModule) -> None:
+        """Frozen BatchNorm in eval mode, so its running statistics stay put."""
+        if self.train_bn:
+            return
+        covered = self._covered[self.stage]
+        for module in pl_module.modules():
+            if isinstance(module, _BatchNorm):
+                module.train(pl_module.training and id(module) in covered)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "stage_start_steps": list(self.stage_start_steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        stage = state_dict["stage"]
+        if stage >= len(self.stages):
+            raise ValueError(
+                f"The checkpoint is at unfreeze stage {stage}, but this schedule has {len(self.stages)} stages.\n"
+                "HINT: resume with the schedule the checkpoint was trained with."
+            )
+        self.stage = stage
+        self.stage_start_steps = list(state_dict["stage_start_steps"])
+
+
+def _describe(stage: Stage) -> str:
+    if stage.train is None:
+        return ALL
+    return str([f"+{name}" if stage.extends else name for name in stage.train])
+
+
+def _submodule(root: nn.Module, name: str, index: int) -> nn.Module:
+    """``root.get_submodule(name)``, or an error listing the names there are."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        valid = [n for n, _ in root.named_modules() if n and n.count(".") < 2]
+        raise ValueError(
+            f"stages[{index}]: the model has no module {name!r}.\n"
+            f"HINT: use one of {valid}, a dotted path below them, or `all`."
+        ) from None
+
+
+def _single_optimizer(trainer: L.Trainer) -> Optimizer:
+    if len(trainer.optimizers) != 1:
+        raise ValueError(
+            f"ProgressiveUnfreeze needs exactly one optimiser, the model configured {len(trainer.optimizers)}.\n"
+            "HINT: return one optimiser from configure_optimizers."
+        )
+    return trainer.optimizers[0]
+
+
+def _plateau_or_none(trainer: L.Trainer) -> ReduceLROnPlateau | None:
+    """The ReduceLROnPlateau in use, if any; other schedulers cannot follow groups added later."""
+    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+    if not schedulers:
+        return None
+    if len(schedulers) > 1 or not isinstance(schedulers[0], ReduceLROnPlateau):
+        names = [type(s).__name__ for s in schedulers]
+        raise ValueError(
+            f"ProgressiveUnfreeze works with ReduceLROnPlateau or a constant learning rate, not {names}: "
+            "schedulers that compute rates from per-group base rates break or rescale when groups are added.\n"
+            "HINT: use torch.optim.lr_scheduler.ReduceLROnPlateau, or --model.scheduler null."
+        )
+    scheduler = schedulers[0]
+    if scheduler.default_min_lr is None and len(set(scheduler.min_lrs)) > 1:
+        raise ValueError(
+            f"ReduceLROnPlateau has per-group min_lr {scheduler.min_lrs}, which cannot cover groups added later.\n"
+            "HINT: give min_lr as one number."
+        )
+    return scheduler
+
+
+def _fit_plateau(scheduler: ReduceLROnPlateau | None, optimizer: Optimizer) -> None:
+    """One minimum and one last rate per group, as the scheduler expects."""
+    if scheduler is None:
+        return
+    floor = scheduler.default_min_lr if scheduler.default_min_lr is not None else scheduler.min_lrs[0]
+    scheduler.min_lrs = [floor] * len(optimizer.param_groups)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _rewrap_ddp(trainer: L.Trainer) -> None:
+    """Wrap the module in a new DDP that registers the parameters that require grad now.
+
+    All ranks reach this at the same epoch, as DDP's construction is collective.
+    The old wrapper is dropped first so its reducer's gradient hooks go with it.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy) or not isinstance(strategy.model, DistributedDataParallel):
+        return
+    module = strategy.model.module
+    strategy.model = module
+    gc.collect()
+    strategy.model = strategy._setup_model(module)
+    strategy._register_ddp_hooks()

@@ -1,0 +1,217 @@
+"""Progressive unfreezing: the schedule at every epoch, frozen means frozen, resume, DDP, the source's reset mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from callbacks import ProgressiveUnfreeze
+from tests.conftest import REPO
+from tests.test_cli import tiny_args
+from tests.unfreeze_helpers import TINY_STAGES, ScheduleRecorder, write_config
+
+RECORDER = "tests.unfreeze_helpers.ScheduleRecorder"
+
+STEM_AND_HEAD = {"net.conv1.weight", "net.fc.weight", "net.fc.bias"}
+LAYER2 = {"net.layer2.0.weight", "net.layer2.1.weight", "net.layer2.1.bias"}
+REST = {"net.bn1.weight", "net.bn1.bias", "net.layer1.0.weight", "net.layer1.1.weight", "net.layer1.1.bias"}
+# What each stage of TINY_STAGES adds, and its learning rate.
+ADDED = [(STEM_AND_HEAD, 1e-2), (LAYER2, 1e-3), (REST, 1e-4)]
+
+
+def _fit(run_cli, tmp_path: Path, data: Path, name: str, *extra, **config):
+    path = write_config(tmp_path / f"{name}.yaml", data, name, **config)
+    return run_cli("fit", "--config", path, *extra)
+
+
+def _callback(cli, kind: type):
+    return next(c for c in cli.trainer.callbacks if isinstance(c, kind))
+
+
+@pytest.mark.parametrize(
+    ("stages", "named"),
+    [
+        ([{"epoch": 0, "train": ["fc"], "lr": 1e-3}, {"epoch": 0, "train": "all", "lr": 1e-4}], "strictly increasing"),
+        ([{"epoch": 0, "train": ["fc"], "lr": 0.0}], "lr=0.0"),
+        ([{"epoch": 0, "train": ["fc"], "lr": -1e-3}], "lr=-0.001"),
+        ([{"epoch": 1, "train": ["fc"], "lr": 1e-3}], "stages[0].epoch=1"),
+        ([{"epoch": 0, "train": ["fc", "+conv1"], "lr": 1e-3}], "mixes"),
+        ([{"epoch": 0, "train": [], "lr": 1e-3}], "non-empty list"),
+        ([{"epoch": 0, "modules": ["fc"], "lr": 1e-3}], "unknown keys ['modules']"),
+    ],
+)
+def test_stages_are_checked_at_construction(stages, named):
+    with pytest.raises(ValueError, match="HINT:") as error:
+        ProgressiveUnfreeze(stages)
+    assert named in str(error.value)
+
+
+def test_unknown_module_is_rejected_at_start_with_the_valid_names(tiny_data, run_cli, tmp_path):
+    stages = [{"epoch": 0, "train": ["conv1", "layer9"], "lr": 1e-3}]
+    with pytest.raises(ValueError, match="no module 'layer9'") as error:
+        _fit(run_cli, tmp_path, tiny_data, "unknown", stages=stages)
+    assert "'conv1', 'bn1', 'layer1', 'layer1.0'" in str(error.value)
+
+
+def test_trainable_set_groups_and_frozen_weights_follow_the_schedule(tiny_data, run_cli, tmp_path):
+    cli = _fit(run_cli, tmp_path, tiny_data, "schedule", callbacks=(RECORDER,))
+    epochs = _callback(cli, ScheduleRecorder).epochs
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    for record in epochs:
+        stage = min(record["epoch"], 2)
+        expected = set().union(*(added for added, _ in ADDED[: stage + 1]))
+        assert record["trainable"] == expected, record["epoch"]
+        grouped = [name for group in record["groups"] for name in group["params"]]
+        assert sorted(grouped) == sorted(expected)  # each trainable parameter in exactly one group
+        assert [g["name"] for g in record["groups"]] == [f"stage{i}" for i in range(stage + 1)]
+        for index, group in enumerate(record["groups"]):
+            assert set(group["params"]) == ADDED[index][0]
+        if record["epoch"] == stage:  # the epoch a group is added, it starts at its stage's rate
+            assert record["groups"][-1]["lr"] == ADDED[stage][1]
+        for name, value in record["start"].items():
+            moved = not torch.equal(value, record["end"][name])
+            frozen_parameter = name in REST | LAYER2 and name not in expected
+            frozen_statistic = "running" in name and name.rsplit(".", 1)[0] + ".weight" not in expected
+            if frozen_parameter or frozen_statistic:
+                assert not moved, (record["epoch"], name)
+            elif name in expected or "running" in name:
+                assert moved, (record["epoch"], name)
+        assert record["bn_training"] == {
+            "net.bn1": stage >= 2, "net.layer1.1": stage >= 2, "net.layer2.1": stage >= 1
+        }
+    unfreeze = _callback(cli, ProgressiveUnfreeze)
+    assert unfreeze.stage_boundaries == [0, 1, 2]
+    assert unfreeze.stage_start_steps == [0, 4, 8]  # 60 training images in batches of 16: 4 steps an epoch
+    logged = cli.trainer.callback_metrics
+    assert logged["unfreeze/stage"] == 2
+    assert logged["lr/stage2"] == 1e-4
+    # patience 0: the plateau scheduler has lowered some rate, and keeps one floor per group.
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert len(scheduler.min_lrs) == len(scheduler._last_lr) == 3
+
+
+def test_train_bn_lets_frozen_batchnorm_learn(tiny_data, run_cli, tmp_path):
+    cli = _fit(run_cli, tmp_path, tiny_data, "train_bn", "--trainer.max_epochs", 1, callbacks=(RECORDER,), train_bn=True)
+    (record,) = _callback(cli, ScheduleRecorder).epochs
+    batch_norm = {"net.bn1.weight", "net.bn1.bias", "net.layer1.1.weight", "net.layer1.1.bias"}
+    batch_norm |= {"net.layer2.1.weight", "net.layer2.1.bias"}
+    assert record["trainable"] == STEM_AND_HEAD | batch_norm
+    assert all(record["bn_training"].values())
+    assert not torch.equal(record["start"]["net.layer1.1.running_mean"], record["end"]["net.layer1.1.running_mean"])
+    assert torch.equal(record["start"]["net.layer1.0.weight"], record["end"]["net.layer1.0.weight"])
+
+
+def _optimizer_view(cli) -> list[tuple]:
+    names = {id(p): n for n, p in cli.model.named_parameters()}
+    return [(g["name"], g["lr"], [names[id(p)] for p in g["params"]]) for g in cli.trainer.optimizers[0].param_groups]
+
+
+@pytest.mark.parametrize("reset_optimizer", [False, True], ids=["keep", "reset"])
+def test_resume_after_each_epoch_matches_the_straight_run(tiny_data, run_cli, tmp_path, reset_optimizer):
+    straight = _fit(run_cli, tmp_path, tiny_data, "straight", reset_optimizer=reset_optimizer)
+    expected = {n: p.detach().clone() for n, p in straight.model.named_parameters()}
+    expected_trainable = {n for n, p in straight.model.named_parameters() if p.requires_grad}
+    expected_groups = _optimizer_view(straight)
+    expected_steps = _callback(straight, ProgressiveUnfreeze).stage_start_steps
+    for k in (1, 2, 3):
+        name = f"resumed{k}"
+        _fit(run_cli, tmp_path, tiny_data, name, "--trainer.max_epochs", k, reset_optimizer=reset_optimizer)
+        resumed = _fit(run_cli, tmp_path, tiny_data, name, "--ckpt_path", "last", reset_optimizer=reset_optimizer)
+        assert resumed.trainer.global_step == straight.trainer.global_step
+        for param_name, param in resumed.model.named_parameters():
+            assert torch.equal(param, expected[param_name]), (k, param_name)
+        assert {n for n, p in resumed.model.named_parameters() if p.requires_grad} == expected_trainable
+        assert _optimizer_view(resumed) == expected_groups
+        assert _callback(resumed, ProgressiveUnfreeze).stage_start_steps == expected_steps
+
+
+def test_reset_optimizer_starts_a_fresh_adam_each_stage(tiny_data, run_cli, tmp_path):
+    cli = _fit(run_cli, tmp_path, tiny_data, "reset", callbacks=(RECORDER,), reset_optimizer=True)
+    epochs = _callback(cli, ScheduleRecorder).epochs
+    for record in epochs:
+        stage = min(record["epoch"], 2)
+        expected = set().union(*(added for added, _ in ADDED[: stage + 1]))
+        (group,) = record["groups"]  # one group, all trainable parameters
+        assert set(group["params"]) == record["trainable"] == expected
+        assert group["name"] == f"stage{stage}"
+        if record["epoch"] == stage:
+            assert group["lr"] == ADDED[stage][1]
+            assert record["adam_steps"] == {1}  # moments and step counts start over
+        else:
+            assert record["adam_steps"] == {4 * (record["epoch"] - stage) + 1}
+
+
+def test_schedulers_other_than_plateau_are_refused(tiny_data, run_cli, tmp_path):
+    with pytest.raises(ValueError, match="ReduceLROnPlateau or a constant") as error:
+        _fit(run_cli, tmp_path, tiny_data, "steplr", scheduler="torch.optim.lr_scheduler.StepLR")
+    assert "StepLR" in str(error.value) and "HINT:" in str(error.value)
+
+
+def test_constant_learning_rate_works_with_stages(tiny_data, run_cli, tmp_path):
+    cli = _fit(run_cli, tmp_path, tiny_data, "constant", "--trainer.max_epochs", 2, scheduler=None)
+    assert [lr for _, lr, _ in _optimizer_view(cli)] == [1e-2, 1e-3]
+
+
+def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data, run_cli):
+    config = REPO / "configs/resnet_cbam_discriminative.yaml"
+    cli = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.fast_dev_run", "true")
+    new, pretrained = cli.trainer.optimizers[0].param_groups
+    assert (new["name"], new["lr"], pretrained["name"], pretrained["lr"]) == ("new", 1e-3, "pretrained", 1e-5)
+    net = cli.model.net
+    new_ids = {id(p) for name in ("conv1", "cbam", "fc") for p in net.get_submodule(name).parameters()}
+    assert {id(p) for p in new["params"]} == new_ids
+    assert {id(p) for p in pretrained["params"]} == {id(p) for p in cli.model.parameters()} - new_ids
+
+
+def test_resnet_cbam_config_schedule_through_the_cli(tiny_data, run_cli):
+    stages = "[{epoch: 0, train: [conv1, cbam, fc], lr: 1.0e-3}, {epoch: 1, train: [+layer3, +layer4], lr: 1.0e-4}]"
+    cli = run_cli(
+        "fit", *tiny_args(REPO / "configs/resnet_cbam.yaml", tiny_data),
+        "--trainer.callbacks.init_args.stages", stages, "--trainer.callbacks+=" + RECORDER,
+        "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 1, "--trainer.limit_val_batches", 1,
+        "--data.batch_size", 4,
+    )
+    first, second = (
+        {name.split(".")[1] for name in record["trainable"]} for record in _callback(cli, ScheduleRecorder).epochs
+    )
+    assert first == {"conv1", "cbam", "fc"}  # the new stem trains from the start
+    assert second == {"conv1", "cbam", "fc", "layer3", "layer4"}
+    assert [(name, lr) for name, lr, _ in _optimizer_view(cli)] == [("stage0", 1e-3), ("stage1", 1e-4)]
+
+
+def test_backbone_lr_and_stages_are_refused_together(tiny_data, run_cli):
+    with pytest.raises(ValueError, match="backbone_lr"):
+        run_cli(
+            "fit", *tiny_args(REPO / "configs/resnet_cbam.yaml", tiny_data), "--model.backbone_lr", "1e-5",
+            "--trainer.fast_dev_run", "true",
+        )
+
+
+def _ddp_fit(config: Path, cwd: Path, gather_file: Path, *extra: str) -> None:
+    env = {**os.environ, "UNFREEZE_GATHER_FILE": str(gather_file), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, str(REPO / "cli.py"), "fit", "--config", str(config),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", *extra,
+    ]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_ddp_replicas_stay_identical_through_every_stage_and_a_resume(tiny_data, tmp_path):
+    config = write_config(tmp_path / "ddp.yaml", tiny_data, "ddp", callbacks=("tests.unfreeze_helpers.GatherParameters",))
+    gather_file = tmp_path / "gathered.jsonl"
+    _ddp_fit(config, tmp_path, gather_file, "--trainer.max_epochs", "2")
+    _ddp_fit(config, tmp_path, gather_file, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    records = [json.loads(line) for line in gather_file.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [r["trainable"] for r in records] == [3, 6, 11, 11]
+    for record in records:
+        assert record["identical"], record
+    # The weights moved: stages after the first really trained, on every rank alike.
+    assert len({r["checksum"] for r in records}) == 4
