@@ -34,9 +34,12 @@ Why not Lightning's ``BaseFinetuning``: three of its choices break this project.
   it is put in eval mode at every epoch start (after the validation loop has
   restored modes) unless ``train_bn`` is set.
 
-Learning rates: each stage adds one parameter group, ``stage<i>``, at that
-stage's rate; earlier groups keep theirs (as the scheduler left them), so the
-optimiser's moments survive an unfreeze. ``reset_optimizer=True`` restores the
+Learning rates: each stage adds one parameter group, ``stage<i>``, for the
+parameters it unfreezes, so the optimiser's moments survive an unfreeze. By
+default (``lr_applies_to="all"``) the stage's rate then applies to every group,
+as in SPEC section 4 ("everything at 1e-5"); ``lr_applies_to="added"`` gives
+the stage's rate to the new group only and earlier groups keep theirs (as the
+scheduler left them), a discriminative schedule. ``reset_optimizer=True`` restores the
 source's behaviour instead: at each stage every trainable parameter goes into
 one fresh group at the stage's rate, with the optimiser state (Adam's moments
 and step counts) and the plateau counters cleared.
@@ -51,7 +54,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
@@ -134,14 +137,26 @@ class ProgressiveUnfreeze(L.Callback):
             running statistics from the start; by default they do neither.
         reset_optimizer: The source's behaviour: a fresh optimiser state and one
             parameter group at the stage's rate at every stage.
+        lr_applies_to: ``"all"``: a stage's ``lr`` becomes the rate of every
+            group; ``"added"``: only of the parameters that stage unfreezes.
 
     Raises:
         ValueError: A malformed stage, epochs not increasing, a non-positive rate.
     """
 
     def __init__(
-        self, stages: Sequence[Mapping[str, Any] | Stage], train_bn: bool = False, reset_optimizer: bool = False
+        self,
+        stages: Sequence[Mapping[str, Any] | Stage],
+        train_bn: bool = False,
+        reset_optimizer: bool = False,
+        lr_applies_to: Literal["all", "added"] = "all",
     ) -> None:
+        if lr_applies_to not in ("all", "added"):
+            raise ValueError(
+                f"lr_applies_to={lr_applies_to!r} is not one of 'all', 'added'.\n"
+                "HINT: 'all' lowers every group to the stage's rate (SPEC), 'added' only the new group."
+            )
+        self.lr_applies_to = lr_applies_to
         if not stages:
             raise ValueError(
                 "ProgressiveUnfreeze needs at least one stage.\nHINT: e.g. stages: [{epoch: 0, train: all, lr: 1.0e-3}]."
@@ -229,6 +244,7 @@ class ProgressiveUnfreeze(L.Callback):
         else:
             for index in range(self.stage + 1):
                 self._add_group(optimizer, index, self._new_in(index))
+            self._apply_stage_rate(optimizer)
         _fit_plateau(scheduler, optimizer)
         if not self.stage_start_steps:
             self.stage_start_steps = [trainer.global_step]
@@ -249,9 +265,11 @@ class ProgressiveUnfreeze(L.Callback):
             else:
                 for index in range(self.stage + 1, target + 1):
                     self._add_group(optimizer, index, self._new_in(index))
-            _fit_plateau(scheduler, optimizer)
             self.stage_start_steps += [trainer.global_step] * (target - self.stage)
             self.stage = target
+            if not self.reset_optimizer:
+                self._apply_stage_rate(optimizer)
+            _fit_plateau(scheduler, optimizer)
             self._apply_trainable(trainer, pl_module)
         self._apply_batch_norm_modes(pl_module)
         rates = {f"lr/{group['name']}": float(group["lr"]) for group in _single_optimizer(trainer).param_groups}
@@ -261,6 +279,12 @@ class ProgressiveUnfreeze(L.Callback):
         """Parameters that start training at stage ``index``."""
         before = {id(p) for p in self._trainable[index - 1]} if index > 0 else set()
         return [p for p in self._trainable[index] if id(p) not in before]
+
+    def _apply_stage_rate(self, optimizer: Optimizer) -> None:
+        """With ``lr_applies_to="all"``, every group trains at the current stage's rate."""
+        if self.lr_applies_to == "all":
+            for group in optimizer.param_groups:
+                group["lr"] = self.stages[self.stage].lr
 
     def _add_group(self, optimizer: Optimizer, index: int, params: list[nn.Parameter]) -> None:
         optimizer.add_param_group({"params": params, "lr": self.stages[index].lr, "name": f"stage{index}"})

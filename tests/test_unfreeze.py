@@ -72,8 +72,8 @@ def test_trainable_set_groups_and_frozen_weights_follow_the_schedule(tiny_data, 
         assert [g["name"] for g in record["groups"]] == [f"stage{i}" for i in range(stage + 1)]
         for index, group in enumerate(record["groups"]):
             assert set(group["params"]) == ADDED[index][0]
-        if record["epoch"] == stage:  # the epoch a group is added, it starts at its stage's rate
-            assert record["groups"][-1]["lr"] == ADDED[stage][1]
+        if record["epoch"] == stage:  # the epoch a stage starts, every group takes its rate (SPEC)
+            assert [g["lr"] for g in record["groups"]] == [ADDED[stage][1]] * (stage + 1)
         for name, value in record["start"].items():
             moved = not torch.equal(value, record["end"][name])
             frozen_parameter = name in REST | LAYER2 and name not in expected
@@ -155,7 +155,7 @@ def test_schedulers_other_than_plateau_are_refused(tiny_data, run_cli, tmp_path)
 
 def test_constant_learning_rate_works_with_stages(tiny_data, run_cli, tmp_path):
     cli = _fit(run_cli, tmp_path, tiny_data, "constant", "--trainer.max_epochs", 2, scheduler=None)
-    assert [lr for _, lr, _ in _optimizer_view(cli)] == [1e-2, 1e-3]
+    assert [lr for _, lr, _ in _optimizer_view(cli)] == [1e-3, 1e-3]  # stage 1 lowered every group
 
 
 def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data, run_cli):
@@ -182,7 +182,19 @@ def test_resnet_cbam_config_schedule_through_the_cli(tiny_data, run_cli):
     )
     assert first == {"conv1", "cbam", "fc"}  # the new stem trains from the start
     assert second == {"conv1", "cbam", "fc", "layer3", "layer4"}
-    assert [(name, lr) for name, lr, _ in _optimizer_view(cli)] == [("stage0", 1e-3), ("stage1", 1e-4)]
+    assert [(name, lr) for name, lr, _ in _optimizer_view(cli)] == [("stage0", 1e-4), ("stage1", 1e-4)]
+
+
+def test_added_scope_keeps_earlier_groups_at_their_rates(tiny_data, run_cli, tmp_path):
+    cli = _fit(run_cli, tmp_path, tiny_data, "added", "--trainer.max_epochs", 3, callbacks=(RECORDER,),
+               lr_applies_to="added", scheduler=None)
+    third = _callback(cli, ScheduleRecorder).epochs[2]
+    assert [g["lr"] for g in third["groups"]] == [rate for _, rate in ADDED]
+
+
+def test_unknown_lr_scope_is_refused():
+    with pytest.raises(ValueError, match="lr_applies_to='some'"):
+        ProgressiveUnfreeze(stages=[{"epoch": 0, "train": "all", "lr": 1e-3}], lr_applies_to="some")
 
 
 def test_backbone_lr_and_stages_are_refused_together(tiny_data, run_cli):
