@@ -1,0 +1,133 @@
+"""The batched augmentation against torchvision's per-image reference transforms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from datamodules.augment import BatchAugment, hsv_to_rgb, rgb_to_hsv
+
+N = 2000
+OFF = {"padding": 0, "flip_p": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "degrees": 0.0}
+
+
+def per_image(transform, images: torch.Tensor) -> torch.Tensor:
+    return torch.stack([transform(image) for image in images])
+
+
+def position_coded(n: int) -> torch.Tensor:
+    """Images whose first channel encodes each pixel's (row, column), all values > 0."""
+    code = (torch.arange(32 * 32, dtype=torch.float32) + 1) / 1024
+    images = torch.rand(n, 3, 32, 32)
+    images[:, 0] = code.view(32, 32)
+    return images
+
+
+def crop_offsets(out: torch.Tensor) -> torch.Tensor:
+    """(row, column) shift of each output's centre pixel relative to the input."""
+    index = (out[:, 0, 16, 16] * 1024).round().long() - 1
+    return torch.stack((index // 32 - 16, index % 32 - 16), dim=1)
+
+
+def test_crop_offsets_are_uniform_over_the_padding_like_random_crop():
+    torch.manual_seed(0)
+    images = position_coded(N)
+    ours = crop_offsets(BatchAugment(**{**OFF, "padding": 4})(images))
+    reference = crop_offsets(per_image(v2.RandomCrop(32, padding=4), images))
+    for offsets in (ours, reference):
+        for axis in (0, 1):
+            counts = torch.bincount(offsets[:, axis] + 4, minlength=9)
+            assert len(counts) == 9 and counts.min() > N / 9 * 0.7 and counts.max() < N / 9 * 1.3
+    assert ours.abs().max() == reference.abs().max() == 4
+
+
+def test_padding_is_zero_before_jitter():
+    images = torch.ones(N, 3, 32, 32)
+    out = BatchAugment(**{**OFF, "padding": 4})(images)
+    zero_rows = (out.sum(dim=(1, 3)) == 0).sum(dim=1).float()
+    reference = (per_image(v2.RandomCrop(32, padding=4), images).sum(dim=(1, 3)) == 0).sum(dim=1).float()
+    assert abs(zero_rows.mean() - reference.mean()) < 0.3  # both about 20/9 padded rows per image
+
+
+def test_flip_rate_is_one_half():
+    torch.manual_seed(1)
+    images = position_coded(N)
+    out = BatchAugment(**{**OFF, "flip_p": 0.5})(images)
+    flipped = out[:, 0, 0, 0] == images[0, 0, 0, 31]
+    assert 0.45 < flipped.float().mean() < 0.55
+    assert torch.equal(out[flipped, 0], images[flipped, 0].flip(-1))
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation"])
+def test_colour_factors_match_color_jitter(name):
+    torch.manual_seed(2)
+    # A two-tone coloured image: every adjustment moves it, none clips at 0.2.
+    images = torch.zeros(N, 3, 32, 32)
+    images[:, :, :16] = torch.tensor([0.6, 0.4, 0.3])[:, None, None]
+    images[:, :, 16:] = torch.tensor([0.3, 0.5, 0.4])[:, None, None]
+    ours = BatchAugment(**{**OFF, name: 0.2})(images)
+    reference = per_image(v2.ColorJitter(**{name: 0.2}), images)
+    ours_value, reference_value = ours[:, 0, 0, 0], reference[:, 0, 0, 0]
+    assert abs(ours_value.mean() - reference_value.mean()) < 0.01
+    assert abs(ours_value.std() - reference_value.std()) < 0.01
+    assert ours_value.min() >= reference_value.min() - 0.01 and ours_value.max() <= reference_value.max() + 0.01
+
+
+def test_hue_shift_is_uniform_within_its_range():
+    torch.manual_seed(3)
+    images = torch.zeros(N, 3, 32, 32)
+    images[:, 0], images[:, 1], images[:, 2] = 0.8, 0.4, 0.2
+    start = rgb_to_hsv(images[:1])[0, 0, 0, 0]
+    shift = (rgb_to_hsv(BatchAugment(**{**OFF, "hue": 0.1})(images))[:, 0, 0, 0] - start + 0.5) % 1.0 - 0.5
+    reference = (rgb_to_hsv(per_image(v2.ColorJitter(hue=0.1), images))[:, 0, 0, 0] - start + 0.5) % 1.0 - 0.5
+    for values in (shift, reference):
+        assert -0.1 - 1e-4 <= values.min() < -0.09 and 0.09 < values.max() <= 0.1 + 1e-4
+        assert abs(values.mean()) < 0.01
+    assert abs(shift.std() - reference.std()) < 0.005
+
+
+def test_rotation_zeroes_as_many_corner_pixels_as_random_rotation():
+    torch.manual_seed(4)
+    images = torch.ones(N // 2, 3, 32, 32)
+    ours = (BatchAugment(**{**OFF, "degrees": 15.0})(images)[:, 0] == 0).float().sum(dim=(1, 2))
+    reference = (per_image(v2.RandomRotation(15), images)[:, 0] == 0).float().sum(dim=(1, 2))
+    assert abs(ours.mean() - reference.mean()) < 0.1 * reference.mean()
+    assert abs(ours.max() - reference.max()) < 0.15 * reference.max()
+
+
+def test_every_image_draws_its_own_parameters():
+    torch.manual_seed(5)
+    images = torch.rand(1, 3, 32, 32).expand(64, -1, -1, -1).contiguous()
+    out = BatchAugment()(images)
+    flat = out.flatten(1)
+    distances = torch.cdist(flat, flat) + torch.eye(64) * 1e9
+    assert distances.min() > 0
+
+
+def test_range_shape_and_seeded_determinism():
+    images = torch.rand(16, 3, 32, 32)
+    augment = BatchAugment()
+    first = augment(images, generator=torch.Generator().manual_seed(0))
+    again = augment(images, generator=torch.Generator().manual_seed(0))
+    other = augment(images, generator=torch.Generator().manual_seed(1))
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_grayscale_batches_skip_colour_jitter():
+    out = BatchAugment()(torch.rand(4, 1, 28, 28))
+    assert out.shape == (4, 1, 28, 28)
+
+
+def test_hsv_round_trip():
+    images = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [({"flip_p": 1.5}, "flip_p"), ({"hue": 0.7}, "hue"),
+                                               ({"padding": -1}, "padding"), ({"degrees": -3}, "degrees")])
+def test_bad_arguments_are_named(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        BatchAugment(**kwargs)
