@@ -1,5 +1,6 @@
 """Cross-cutting training behaviour: side effects only, resumable state in ``state_dict``."""
 
 from callbacks.rng_state import RNGStateCheckpoint
+from callbacks.run_record import RunRecorder
 
-__all__ = ["RNGStateCheckpoint"]
+__all__ = ["RNGStateCheckpoint", "RunRecorder"]
