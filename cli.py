@@ -17,7 +17,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks import RNGStateCheckpoint
+from callbacks import RNGStateCheckpoint, RunRecorder
 from datamodules import ImageDataModule
 from datamodules.image_folder import DataError
 from lightning_modules import ImageClassifier
@@ -122,7 +122,7 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
+            trainer_defaults={"callbacks": [RNGStateCheckpoint(), RunRecorder()]},
             args=args,
         )
     except DataError as error:  # found once the data are read, after the config was accepted

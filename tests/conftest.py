@@ -49,6 +49,12 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("tiny_cifar"))
 
 
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``tiny_data``, but 28x28 grayscale PNG, as MNIST."""
+    return write_image_folder(tmp_path_factory.mktemp("tiny_mnist"), size=28, channels=1)
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run ``cli.py`` in-process from ``tmp_path`` (logs land there); returns the ProjectCLI."""

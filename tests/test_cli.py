@@ -24,7 +24,9 @@ def tiny_args(config: Path, data: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_fits_and_tests(config, tiny_data, run_cli, tmp_path):
+def test_every_config_fits_and_tests(config, request, run_cli, tmp_path):
+    # MNIST configs need grayscale 28x28 images, all others RGB 32x32.
+    tiny_data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
     cli = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.fast_dev_run", "true")
     assert cli.datamodule.classes == ["bird", "cat", "ship"]
     assert cli.model.num_classes == 3

@@ -1,0 +1,253 @@
+"""Record what a run was, how long it took and how fast it classifies, for the comparison report.
+
+Accuracy alone does not compare models fairly: the source stressed time to an
+accuracy and inference speed as much (SPEC section 5). This callback makes every
+run carry those numbers:
+
+- ``run.json`` in the logger's folder: parameter counts, model and data classes
+  with their hyperparameters, seed, config name, hardware and library versions;
+  rewritten at the end of fit with the totals and the inference speed.
+- ``time/epoch_seconds`` at each training epoch end (training plus its
+  validation), and ``time/elapsed_seconds`` at each validation end: the training
+  wall time until that ``val/acc`` was known, so accuracy against wall time can
+  be read back from TensorBoard by step.
+- ``perf/inference_images_per_second`` after fit, measured on a few validation
+  batches in inference mode.
+
+Wall time counts epochs only: data decoding, setup, sanity checks and the
+inference measurement are left out, so runs that share hardware compare fairly
+however their data were loaded. The running total lives in ``state_dict``, so a
+resumed run continues its clock instead of restarting it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
+__all__ = ["RUN_RECORD_FILE", "RunRecorder", "hardware", "versions"]
+
+RUN_RECORD_FILE = "run.json"
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name; ``platform.processor()`` is often empty on Linux."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """What the run's speed depends on: CPU, cores and threads, and the GPU if the model sits on one."""
+    record: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def versions() -> dict[str, str]:
+    """Library versions that change numbers or speed."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def _jsonable(hparams: Any) -> dict[str, Any]:
+    """Hyperparameters hold tuples, paths and callables; keep what JSON can say and name the rest."""
+    kept = {key: value for key, value in dict(hparams).items() if key != "_instantiator"}
+    return json.loads(json.dumps(kept, default=repr))
+
+
+class RunRecorder(L.Callback):
+    """Write ``run.json`` and log epoch wall time and inference speed.
+
+    Args:
+        inference_batches: Validation batches timed for the inference speed
+            (the first is also run once untimed, as a warm-up). 0 skips the
+            measurement.
+    """
+
+    def __init__(self, inference_batches: int = 5) -> None:
+        if inference_batches < 0:
+            raise ValueError(
+                f"inference_batches={inference_batches} must be 0 or more.\n"
+                "HINT: e.g. 5 batches; 0 turns the inference measurement off."
+            )
+        self.inference_batches = inference_batches
+        self.elapsed_seconds = 0.0  # training wall time of the finished epochs, across resumes
+        self.epochs_timed = 0
+        self._epoch_start: float | None = None
+        self._record: dict[str, Any] = {}
+
+    # ---- resumable state ------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_seconds": self.elapsed_seconds, "epochs_timed": self.epochs_timed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed_seconds = float(state_dict.get("elapsed_seconds", 0.0))
+        self.epochs_timed = int(state_dict.get("epochs_timed", 0))
+
+    # ---- the record --------------------------------------------------------------------
+
+    @staticmethod
+    def _enabled(trainer: L.Trainer) -> bool:
+        # fast_dev_run swaps in a dummy logger with no folder: nothing to record into.
+        return not trainer.fast_dev_run and bool(trainer.loggers) and trainer.log_dir is not None
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled(trainer):
+            return
+        logger = trainer.loggers[0]
+        datamodule = trainer.datamodule
+        self._record = {
+            "config_name": logger.name,
+            "version": logger.version,
+            "seed": _global_seed(),
+            "model_class": type(pl_module).__qualname__,
+            "parameters": sum(p.numel() for p in pl_module.parameters()),
+            "trainable_parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
+            "model_hparams": _jsonable(pl_module.hparams),
+            "data_class": type(datamodule).__qualname__ if datamodule is not None else None,
+            "data_hparams": _jsonable(datamodule.hparams) if datamodule is not None else None,
+            "max_epochs": trainer.max_epochs,
+            "precision": str(trainer.precision),
+            "num_devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "hardware": hardware(pl_module.device),
+            "versions": versions(),
+            "resumed_from": trainer.ckpt_path,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": None,
+        }
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer) -> None:
+        path = Path(trainer.log_dir) / RUN_RECORD_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self._record, indent=2) + "\n")
+
+    # ---- wall time ----------------------------------------------------------------------
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self._epoch_start is None:
+            return
+        elapsed = self.elapsed_seconds + time.perf_counter() - self._epoch_start
+        pl_module.log("time/elapsed_seconds", elapsed, on_epoch=True, rank_zero_only=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._epoch_start is None:
+            return
+        seconds = time.perf_counter() - self._epoch_start
+        self._epoch_start = None
+        self.elapsed_seconds += seconds
+        self.epochs_timed += 1
+        pl_module.log("time/epoch_seconds", seconds, on_epoch=True, rank_zero_only=True)
+
+    # ---- inference speed ------------------------------------------------------------------
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled(trainer):
+            return
+        images_per_second = self.measure_inference(trainer, pl_module)
+        if images_per_second is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"perf/inference_images_per_second": images_per_second}, step=trainer.global_step)
+        self._record.update(
+            {
+                "elapsed_seconds": self.elapsed_seconds,
+                "epochs_timed": self.epochs_timed,
+                "inference_images_per_second": images_per_second,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+        self._write(trainer)
+
+    def measure_inference(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """Images per second of the model's forward pass on validation batches, or ``None`` without any.
+
+        The batches are fetched and moved to the device before the clock starts:
+        this measures the model, not the loader.
+        """
+        batches = list(self._validation_batches(trainer, pl_module))
+        if not batches:
+            rank_zero_warn("RunRecorder: no validation batches to time inference with; perf/* not logged.")
+            return None
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                pl_module(batches[0])  # warm-up: lazy initialisation, allocator, kernel selection
+                _synchronize(pl_module.device)
+                start = time.perf_counter()
+                for images in batches:
+                    pl_module(images)
+                _synchronize(pl_module.device)
+                seconds = time.perf_counter() - start
+        finally:
+            pl_module.train(was_training)  # leave the caller's mode as it was
+        return sum(len(images) for images in batches) / max(seconds, 1e-9)
+
+    def _validation_batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[torch.Tensor]:
+        if self.inference_batches == 0:
+            return
+        datamodule = trainer.datamodule
+        loaders = trainer.val_dataloaders
+        if loaders is None and datamodule is not None:
+            loaders = datamodule.val_dataloader()
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
+            return
+        for index, batch in enumerate(loader):
+            if index == self.inference_batches:
+                return
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            if datamodule is not None:  # the same float conversion and pixel permutation as validation
+                batch = datamodule.on_after_batch_transfer(batch, 0)
+            yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _global_seed() -> int | None:
+    """The seed ``seed_everything`` (the CLI's ``seed_everything``) set, if any."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None and seed.lstrip("-").isdigit() else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

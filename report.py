@@ -1,0 +1,384 @@
+"""Compare finished runs: a Markdown table and accuracy curves built from a log directory.
+
+    python report.py lightning_logs                      # writes lightning_logs/report/
+    python report.py lightning_logs --out reports/today --thresholds 0.5 0.6 0.7
+
+Accuracy alone misleads when models differ by 10x in cost, so the table puts
+beside it what the source stressed (SPEC section 5): parameters, seconds per
+epoch, the wall time and epochs each config needed to first reach given
+validation accuracies, and inference images per second.
+
+Everything is read back from what runs left on disk, so a report can be rebuilt
+at any time: each ``<logdir>/<config>/version_N`` folder's TensorBoard events
+(``val/acc``, ``test/acc``, ``time/*``, ``perf/*``) and the ``run.json`` that
+``callbacks.RunRecorder`` wrote (parameters, seed, hardware, versions). Runs of
+one config are grouped; the newest run of each seed counts once, and the table
+shows mean ± sample standard deviation over seeds. A run whose fit did not end
+is listed as skipped, not averaged in.
+
+Outputs, in ``--out`` (default ``<logdir>/report``): ``report.md``,
+``report.json`` (the numbers behind every cell), and ``val_acc_vs_epoch.png`` /
+``val_acc_vs_time.png``. The table and figures are also logged to the
+TensorBoard run ``<logdir>/report``, so ``tensorboard --logdir <logdir>`` shows
+them next to the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from callbacks.run_record import RUN_RECORD_FILE
+from visualization.report_figures import Curve, accuracy_curves
+
+__all__ = ["ReportError", "Run", "group_runs", "markdown_table", "read_run", "write_report"]
+
+REPORT_RUN = "report"  # the TensorBoard run (folder under the log dir) the report logs into
+DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7)
+
+
+class ReportError(ValueError):
+    """Nothing to report on, with a hint on what to run first."""
+
+
+@dataclass
+class Run:
+    """One training run as its logs tell it; the lists hold one entry per validation."""
+
+    config: str
+    version: str
+    path: str
+    seed: int | None
+    model: str
+    parameters: int
+    finished_at: str
+    hardware: dict[str, Any]
+    versions: dict[str, str]
+    val_acc: list[float]
+    epochs: list[int]  # 1-based epoch each validation closed
+    elapsed_seconds: list[float | None]  # training wall time when that val/acc was known
+    epoch_seconds: list[float]
+    test_acc: float | None
+    inference_images_per_second: float | None
+    time_to: dict[str, tuple[float | None, int] | None] = field(default_factory=dict)
+
+    @property
+    def best_val_acc(self) -> float:
+        return max(self.val_acc)
+
+    @property
+    def epochs_trained(self) -> int:
+        return self.epochs[-1]
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        return statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None
+
+    def first_reaching(self, threshold: float) -> tuple[float | None, int] | None:
+        """(wall seconds, epoch) of the first validation at or above ``threshold``; ``None`` if never."""
+        for accuracy, seconds, epoch in zip(self.val_acc, self.elapsed_seconds, self.epochs):
+            if accuracy >= threshold:
+                return seconds, epoch
+        return None
+
+
+# ---- reading runs back ---------------------------------------------------------------------
+
+
+def _scalars(accumulator: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    if tag not in accumulator.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Run:
+    """Read one ``version_N`` folder.
+
+    Raises:
+        ReportError: if the folder lacks ``run.json``, a finished fit, or any ``val/acc``.
+    """
+    record_path = version_dir / RUN_RECORD_FILE
+    if not record_path.is_file():
+        raise ReportError(f"no {RUN_RECORD_FILE} (recorded before RunRecorder, or not a fit run)")
+    record = json.loads(record_path.read_text())
+    if not record.get("finished_at"):
+        raise ReportError("fit did not finish (interrupted or still running)")
+    accumulator = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    accumulator.Reload()
+    val_acc = _scalars(accumulator, "val/acc")
+    if not val_acc:
+        raise ReportError("no val/acc logged (validation off?)")
+    # Epoch-end scalars share their step with Lightning's "epoch" scalar: join on it.
+    epoch_at = dict(_scalars(accumulator, "epoch"))
+    elapsed_at = dict(_scalars(accumulator, "time/elapsed_seconds"))
+    test_acc = _scalars(accumulator, "test/acc")
+    inference = _scalars(accumulator, "perf/inference_images_per_second")
+    run = Run(
+        config=str(record.get("config_name") or version_dir.parent.name),
+        version=version_dir.name,
+        path=str(version_dir),
+        seed=record.get("seed"),
+        model=str(record.get("model_class", "?")),
+        parameters=int(record.get("parameters", 0)),
+        finished_at=str(record["finished_at"]),
+        hardware=record.get("hardware") or {},
+        versions=record.get("versions") or {},
+        val_acc=[value for _, value in val_acc],
+        epochs=[int(epoch_at.get(step, index)) + 1 for index, (step, _) in enumerate(val_acc)],
+        elapsed_seconds=[elapsed_at.get(step) for step, _ in val_acc],
+        epoch_seconds=[value for _, value in _scalars(accumulator, "time/epoch_seconds")],
+        test_acc=test_acc[-1][1] if test_acc else None,
+        inference_images_per_second=inference[-1][1] if inference else None,
+    )
+    run.time_to = {f"{threshold:g}": run.first_reaching(threshold) for threshold in thresholds}
+    return run
+
+
+def find_runs(logdir: Path, thresholds: Sequence[float]) -> tuple[list[Run], list[str]]:
+    """Every reportable run under ``logdir/<config>/version_*``, and a line per folder skipped."""
+    runs, skipped = [], []
+    for version_dir in sorted(logdir.glob("*/version_*")):
+        if not version_dir.is_dir() or version_dir.parent.name == REPORT_RUN:
+            continue
+        try:
+            runs.append(read_run(version_dir, thresholds))
+        except ReportError as reason:
+            skipped.append(f"{version_dir.relative_to(logdir)}: {reason}")
+    return runs, skipped
+
+
+def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs by config, one per seed (the newest: a rerun of a seed replaces it), seeds in order."""
+    newest: dict[tuple[str, int | None], Run] = {}
+    for run in sorted(runs, key=lambda r: r.finished_at):
+        newest[(run.config, run.seed)] = run
+    groups: dict[str, list[Run]] = {}
+    def order(item: tuple[tuple[str, int | None], Run]) -> tuple[str, bool, int]:
+        (config, seed), _ = item
+        return config, seed is None, seed or 0
+
+    for (config, _), run in sorted(newest.items(), key=order):
+        groups.setdefault(config, []).append(run)
+    return groups
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for a single value: no spread to show)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _cell(values: Sequence[float | None], fmt: Callable[[float], str]) -> str:
+    """``mean ± std`` over the values present; ``-`` when none is."""
+    present = [value for value in values if value is not None]
+    if not present:
+        return "-"
+    mean, std = mean_and_std(present)
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _time_to_cell(runs: Sequence[Run], key: str) -> str:
+    """Seconds and epochs to first reach an accuracy; ``(k/n)`` when only k of n seeds got there."""
+    reached = [run.time_to[key] for run in runs if run.time_to.get(key) is not None]
+    if not reached:
+        return "-"
+    seconds = _cell([s for s, _ in reached], lambda v: f"{v:.1f}")
+    epochs = _cell([float(e) for _, e in reached], lambda v: f"{v:.1f}".removesuffix(".0"))
+    cell = f"{seconds} s, ep {epochs}" if seconds != "-" else f"ep {epochs}"
+    return cell if len(reached) == len(runs) else f"{cell} ({len(reached)}/{len(runs)})"
+
+
+def summarize(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """The numbers behind each table row (means, spreads, per-seed values), for report.json and tests."""
+    rows = []
+    for config, runs in groups.items():
+        rows.append(
+            {
+                "config": config,
+                "model": runs[0].model,
+                "parameters": runs[0].parameters,
+                "seeds": [run.seed for run in runs],
+                "best_val_acc": [run.best_val_acc for run in runs],
+                "test_acc": [run.test_acc for run in runs],
+                "epochs": [run.epochs_trained for run in runs],
+                "seconds_per_epoch": [run.seconds_per_epoch for run in runs],
+                "time_to": {f"{t:g}": [run.time_to[f"{t:g}"] for run in runs] for t in thresholds},
+                "inference_images_per_second": [run.inference_images_per_second for run in runs],
+                "versions": [run.version for run in runs],
+            }
+        )
+    return rows
+
+
+def markdown_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> str:
+    """One row per config: mean ± std over its seeds."""
+    header = ["config", "model", "parameters", "seeds", "best val/acc (%)", "test/acc (%)", "epochs", "s/epoch"]
+    header += [f"to {100 * t:g} % val/acc" for t in thresholds]
+    header += ["inference img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for config, runs in groups.items():
+        cells = [
+            config,
+            runs[0].model,
+            f"{runs[0].parameters:,}",
+            ", ".join("?" if run.seed is None else str(run.seed) for run in runs),
+            _cell([run.best_val_acc for run in runs], _percent),
+            _cell([run.test_acc for run in runs], _percent),
+            _cell([float(run.epochs_trained) for run in runs], lambda v: f"{v:g}"),
+            _cell([run.seconds_per_epoch for run in runs], lambda v: f"{v:.1f}"),
+            *(_time_to_cell(runs, f"{t:g}") for t in thresholds),
+            _cell([run.inference_images_per_second for run in runs], lambda v: f"{v:,.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _environment_lines(runs: Sequence[Run]) -> list[str]:
+    """Where the runs ran: speed columns compare only between runs on the same hardware."""
+    seen: dict[str, list[str]] = {}
+    for run in runs:
+        hw, ver = run.hardware, run.versions
+        chip = hw.get("gpu") or hw.get("cpu", "?")
+        where = f"{chip} ({hw.get('device', '?')}, {hw.get('cpu_cores', '?')} CPU cores)"
+        libs = ", ".join(f"{name} {ver[name]}" for name in ("python", "torch", "lightning", "torchvision") if name in ver)
+        seen.setdefault(f"{where}; {libs}", []).append(f"{run.config}/{run.version}")
+    lines = [f"- {key}: {', '.join(names)}" for key, names in seen.items()]
+    if len(seen) > 1:
+        lines.append("- Runs differ in hardware or versions: compare their speed columns with care.")
+    return lines
+
+
+# ---- writing it ------------------------------------------------------------------------------
+
+
+def _curves(groups: dict[str, list[Run]], by_time: bool) -> list[Curve]:
+    curves = []
+    for config, runs in groups.items():
+        for run in runs:
+            points = zip(run.elapsed_seconds if by_time else run.epochs, run.val_acc)
+            points = [(x, y) for x, y in points if x is not None]
+            curves.append(Curve(f"{config} (seed {run.seed})", config, [x for x, _ in points], [y for _, y in points]))
+    return curves
+
+
+def write_report(
+    logdir: Path | str,
+    out: Path | str | None = None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> Path:
+    """Build the report of every finished run under ``logdir``; returns the path of ``report.md``.
+
+    Raises:
+        ReportError: if ``logdir`` holds no finished run, or a threshold is not a fraction.
+    """
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        raise ReportError(
+            f"Log directory '{logdir}' does not exist.\nHINT: pass the save_dir of your runs, e.g. lightning_logs."
+        )
+    bad = [t for t in thresholds if not 0 < t <= 1]
+    if bad:
+        raise ReportError(
+            f"thresholds {bad} are not accuracies in (0, 1].\nHINT: give fractions, e.g. --thresholds 0.5 0.6 0.7."
+        )
+    runs, skipped = find_runs(logdir, thresholds)
+    if not runs:
+        detail = "".join(f"\n  {line}" for line in skipped)
+        raise ReportError(
+            f"No finished run under '{logdir}/<config>/version_*'.{detail}\n"
+            "HINT: train first (python cli.py fit --config configs/cnn.yaml) and point the report at its save_dir."
+        )
+    out = Path(out) if out is not None else logdir / REPORT_RUN
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    table = markdown_table(groups, thresholds)
+    figures = {
+        "val_acc_vs_epoch": accuracy_curves(
+            _curves(groups, by_time=False), xlabel="epoch", title="Validation accuracy by epoch", thresholds=thresholds
+        ),
+        "val_acc_vs_time": accuracy_curves(
+            _curves(groups, by_time=True), xlabel="training wall time (s)",
+            title="Validation accuracy by wall time", thresholds=thresholds,
+        ),
+    }
+    for name, figure in figures.items():
+        figure.savefig(out / f"{name}.png", dpi=120)
+    counted = {id(run) for group in groups.values() for run in group}
+    superseded = [f"{run.config}/{run.version}: seed {run.seed} rerun later" for run in runs if id(run) not in counted]
+    lines = [
+        "# Run comparison",
+        "",
+        f"Runs under `{logdir}`; mean ± sample std over seeds where a config has several. "
+        "`to X % val/acc`: training wall seconds and epochs until validation accuracy first reached X "
+        "(`-`: never; `(k/n)`: only k of n seeds). Wall time counts training and validation epochs, "
+        "not data loading. Inference: forward passes on validation batches in eval mode.",
+        "",
+        table,
+        "",
+        "![validation accuracy by epoch](val_acc_vs_epoch.png)",
+        "![validation accuracy by wall time](val_acc_vs_time.png)",
+        "",
+        "## Where they ran",
+        *_environment_lines([run for group in groups.values() for run in group]),
+    ]
+    if skipped or superseded:
+        lines += ["", "## Not counted", *(f"- {line}" for line in skipped + superseded)]
+    report_md = out / "report.md"
+    report_md.write_text("\n".join(lines) + "\n")
+    summary = {"logdir": str(logdir), "thresholds": list(thresholds), "rows": summarize(groups, thresholds),
+               "runs": [asdict(run) for run in runs], "skipped": skipped}
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _log_to_tensorboard(logdir / REPORT_RUN, table, figures)
+    return report_md
+
+
+def _log_to_tensorboard(run_dir: Path, table: str, figures: dict[str, Any]) -> None:
+    """Replace the report's TensorBoard run, so it always shows the latest report only."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = SummaryWriter(str(run_dir))
+    try:
+        writer.add_text("report/table", table, global_step=0)
+        for name, figure in figures.items():
+            writer.add_figure(f"report/{name}", figure, global_step=0, close=False)
+    finally:
+        writer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("logdir", type=Path, help="the runs' save_dir, e.g. lightning_logs")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <logdir>/report)")
+    parser.add_argument(
+        "--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
+        help="validation accuracies (fractions) for the time-to-accuracy columns",
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.logdir, args.out, args.thresholds)
+    except ReportError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(path.read_text())
+    print(f"Written to {path.parent}", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    main()
