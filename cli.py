@@ -10,14 +10,23 @@ disk and continue logging into it.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks import RNGStateCheckpoint, RunRecorder
+from callbacks import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    RNGStateCheckpoint,
+    RunRecorder,
+    StopOnNonFiniteLoss,
+)
+from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from datamodules.image_folder import DataError
 from lightning_modules import ImageClassifier
@@ -96,6 +105,12 @@ class ProjectCLI(LightningCLI):
         version = found[-1].parent.parent.name.removeprefix("version_")
         init_args.version = int(version) if version.isdigit() else found[-1].parent.parent.name
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Atomic checkpoint writes unless the config brings its own plugins.
+        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -122,9 +137,17 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint(), RunRecorder()]},
+            trainer_defaults={
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), InterruptCheckpoint(), StopOnNonFiniteLoss()]
+            },
             args=args,
         )
+    except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM; a scheduler must see the job did not finish
+        print("Stopped by SIGTERM. Resume with --ckpt_path last.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from stop
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
     except DataError as error:  # found once the data are read, after the config was accepted
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

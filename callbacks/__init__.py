@@ -1,7 +1,16 @@
 """Cross-cutting training behaviour: side effects only, resumable state in ``state_dict``."""
 
+from callbacks.fault_tolerance import AtomicCheckpointIO, InterruptCheckpoint, StopOnNonFiniteLoss
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.run_record import RunRecorder
 from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 
-__all__ = ["ProgressiveUnfreeze", "RNGStateCheckpoint", "RunRecorder", "Stage"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "InterruptCheckpoint",
+    "ProgressiveUnfreeze",
+    "RNGStateCheckpoint",
+    "RunRecorder",
+    "Stage",
+    "StopOnNonFiniteLoss",
+]

@@ -16,14 +16,14 @@ Where images come from is decided by what ``data_dir`` holds:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import BatchAugment
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
@@ -49,6 +49,27 @@ class InMemoryImages(Dataset):
         # instead of batch_size __getitem__ calls and a stack.
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order that depends on (seed, epoch) alone.
+
+    torch's RandomSampler, and the DataLoader's worker seeds, draw from the
+    global generator whenever an iterator starts; a resumed run starts its
+    iterators at other moments than the straight run, so it would shuffle
+    differently. The epoch is read when an epoch's iterator starts (a resumed
+    run creates its first one before Lightning's ``set_epoch`` call).
+    """
+
+    def __init__(self, size: int, seed: int, epoch: Callable[[], int]) -> None:
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch())
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +112,8 @@ class ImageDataModule(L.LightningDataModule):
         mean: Per-channel normalisation mean; ``None`` takes the dataset's.
         std: Per-channel normalisation std; ``None`` takes the dataset's.
         pin_memory: Pin host batches for faster copies to a GPU.
+        skip_broken: Leave unreadable image files out (with a warning listing
+            them) instead of stopping with that list.
         keep_on_device: On a GPU, move the whole uint8 dataset to device memory
             when it fits (CIFAR-10 train is 150 MB), so batches are gathered
             there and nothing crosses the bus. Forces ``num_workers=0``.
@@ -116,6 +139,7 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         pin_memory: bool = True,
+        skip_broken: bool = False,
         keep_on_device: bool = False,
     ) -> None:
         super().__init__()
@@ -135,6 +159,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.keep_on_device = keep_on_device
+        self.skip_broken = skip_broken
         self.mean = tuple(mean) if mean is not None else self.default_mean
         self.std = tuple(std) if std is not None else self.default_std
         for name, stats in (("mean", self.mean), ("std", self.std)):
@@ -183,7 +208,7 @@ class ImageDataModule(L.LightningDataModule):
                     f"The image folder '{self.data_dir}' has no '{split}' split.\n"
                     f"HINT: create {split_dir}/<class>/*.png (the same class folders as train/)."
                 )
-            images = load_image_folder(split_dir, channels=self.channels)
+            images = load_image_folder(split_dir, channels=self.channels, skip_broken=self.skip_broken)
             if images.classes != self.classes:
                 raise DataError(
                     f"The classes of '{split_dir}' {images.classes} differ from those of train/ {self.classes}.\n"
@@ -277,15 +302,24 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are requested.")
         on_host = not dataset.images.is_cuda
+        # seed_everything's seed, so runs with different seeds see different orders.
+        seed = torch.initial_seed() % 2**62
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        sampler = EpochShuffle(len(dataset), seed, self._current_epoch) if shuffle and not distributed else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,  # under DDP Lightning swaps in a DistributedSampler
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global RNG
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             pin_memory=self.pin_memory and on_host and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -1,0 +1,30 @@
+"""Callbacks that inject faults into real training runs (used by tests through ``--trainer.callbacks+=``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+
+
+class SigtermAtStep(L.Callback):
+    """Send SIGTERM to this process once the given global step has finished, as a cluster preempting a job."""
+
+    def __init__(self, step: int = 6) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class CrashAtStep(L.Callback):
+    """Raise ``KeyboardInterrupt`` (Ctrl-C) or ``RuntimeError`` after the given global step."""
+
+    def __init__(self, step: int = 6, ctrl_c: bool = True) -> None:
+        self.step, self.ctrl_c = step, ctrl_c
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt if self.ctrl_c else RuntimeError("injected crash")

@@ -1,0 +1,219 @@
+"""Faults lose nothing: preemption, crashes, interrupted saves, NaN losses, broken data, bad configs, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import callbacks.fault_tolerance as fault_tolerance
+from callbacks import AtomicCheckpointIO
+from lightning_modules import CNNClassifier
+from tests.conftest import CONFIGS, REPO
+from tests.test_cli import tiny_args
+
+CNN = REPO / "configs" / "cnn.yaml"
+# 72 tiny images, 12 for validation, batches of 16: 4 training steps an epoch.
+SMALL = ["--data.batch_size", "16", "--trainer.deterministic", "true"]
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _cli_process(cwd: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "cli.py"), *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path):
+    straight = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                       "--trainer.logger.init_args.name", "straight")
+    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                          "--trainer.logger.init_args.name", "preempted",
+                          "--trainer.callbacks+=tests.fault_helpers.SigtermAtStep",
+                          "--trainer.callbacks.init_args.step", 6)
+    assert result.returncode == 143, result.stderr[-2000:]
+    checkpoints = tmp_path / "lightning_logs/preempted/version_0/checkpoints"
+    interrupted = torch.load(checkpoints / "interrupted.ckpt", weights_only=True)
+    assert interrupted["global_step"] == 6
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4  # the last finished epoch
+
+    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                      "--trainer.logger.init_args.name", "preempted", "--ckpt_path", "last")
+    assert resumed.trainer.global_step == straight.trainer.global_step == 12
+    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c", "exception"])
+def test_a_crash_mid_epoch_leaves_resumable_checkpoints(tiny_data, run_cli, tmp_path, ctrl_c):
+    with pytest.raises((SystemExit, RuntimeError)):
+        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 6,
+                "--trainer.callbacks.init_args.ctrl_c", str(ctrl_c).lower())
+    checkpoints = tmp_path / "lightning_logs/cnn/version_0/checkpoints"
+    assert torch.load(checkpoints / "interrupted.ckpt", weights_only=True)["global_step"] == 6
+    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 12
+
+
+def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+
+    def dies_half_way(obj, file):
+        file.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fault_tolerance.torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli, tmp_path):
+    fit = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2)
+    assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["epoch"] == 1 or checkpoint["epoch"] == 0
+    logged = float(fit.trainer.checkpoint_callback.best_model_score)
+    model = CNNClassifier.load_from_checkpoint(best, weights_only=True)
+    validate = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, "--ckpt_path", best)
+    assert float(validate.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
+    assert model.hparams.num_classes == 3
+
+
+# num_workers 0 only: with workers, the first resumed epoch is fetched before Lightning restores the epoch
+# counter (see docs/robustness.md).
+@pytest.mark.parametrize("workers", [0])
+def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
+    common = [*tiny_args(CNN, tiny_data), *SMALL, "--data.num_workers", workers]
+    straight = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
+    run_cli("fit", *common, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed")
+    resumed = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",
+                      "--ckpt_path", "last")
+    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
+
+
+def test_a_nan_loss_stops_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_path):
+    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                          "--model.optimizer.lr", "1e12")
+    assert result.returncode == 1
+    assert "global step" in result.stderr and "learning rate" in result.stderr and "HINT:" in result.stderr
+    checkpoints = list((tmp_path / "lightning_logs").rglob("*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def _with_broken_file(tiny_data: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return data
+
+
+def test_broken_files_are_named_before_training_or_skipped(tiny_data, run_cli, tmp_path, capsys):
+    data = _with_broken_file(tiny_data, tmp_path)
+    args = [*tiny_args(CNN, data), "--trainer.fast_dev_run", "true"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *args)
+    assert exit_info.value.code == 2
+    assert str(data / "train" / "cat" / "broken.png") in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="broken.png"):
+        cli = run_cli("fit", *args, "--data.skip_broken", "true")
+    assert len(cli.datamodule.train_set) + len(cli.datamodule.val_set) == 72
+
+
+def test_offline_download_fails_fast_and_leaves_no_partial_files(tmp_path):
+    env_proxy = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    data = tmp_path / "data"
+    command = [sys.executable, str(REPO / "cli.py"), "fit", "--config", str(CNN), "--data.data_dir", str(data),
+               "--data.download", "true"]
+    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, **env_proxy}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert str(data) in result.stderr and "HINT:" in result.stderr
+    assert not [p for p in data.rglob("*") if p.is_file()] if data.exists() else True
+
+
+MUTATIONS = {
+    "unknown key": (lambda c: c["model"]["init_args"].__setitem__("colour", "red"), "colour"),
+    "misspelt trainer key": (lambda c: c["trainer"].__setitem__("max_epoch", 3), "max_epoch"),
+    "wrong type": (lambda c: c["data"]["init_args"].__setitem__("batch_size", "many"), "batch_size"),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_parses(config, run_cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", config, "--print_config")
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"].startswith("lightning_modules.")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
+def test_mutated_configs_exit_2_naming_the_key(config, mutation, run_cli, tmp_path, capsys):
+    content = yaml.safe_load(config.read_text())
+    mutate, key = MUTATIONS[mutation]
+    mutate(content)
+    broken = tmp_path / config.name
+    broken.write_text(yaml.safe_dump(content))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", broken, "--print_config")
+    assert exit_info.value.code == 2
+    assert key in capsys.readouterr().err
+
+
+def test_malformed_yaml_exits_2(run_cli, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(CNN.read_text().replace("max_epochs: 20", "max_epochs: [20"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--config", broken)
+    assert exit_info.value.code == 2
+
+
+def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, capsys):
+    stages = "[{epoch: -1, train: [conv1, cbam, fc], lr: 1.0e-3}]"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *tiny_args(REPO / "configs/resnet_cbam.yaml", tiny_data),
+                "--trainer.callbacks.init_args.stages", stages)
+    assert exit_info.value.code == 2
+    assert "epoch=-1" in capsys.readouterr().err
+
+
+def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
+    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2,
+                          "--trainer.devices", 2, "--trainer.strategy", "ddp", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "lightning_logs" / "cnn").iterdir())
+    assert [r.name for r in runs] == ["version_0"]
+    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1
+    checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    logged = events.Scalars("val/acc")[-1].value
+    single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, "--ckpt_path",
+                     runs[0] / "checkpoints" / "last.ckpt")
+    assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
