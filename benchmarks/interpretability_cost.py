@@ -9,6 +9,9 @@ twice on the same data: without picture callbacks, then with
 not buried in the run-to-run noise of a shared machine. ``--limit`` keeps that
 many training images per class (the dumps cost the same at any data size; the
 epoch shrinks), and the table extrapolates the share to the full 50,000 images.
+``--no-augment`` trains without augmentation: today's augmentation is a
+per-image placeholder that takes most of an epoch on a CPU, and the batched
+one that replaces it will make epochs, hence the share, what this shows.
 The goal is under 3 % of an epoch.
 """
 
@@ -101,12 +104,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/cifar10-jpg")
     parser.add_argument("--limit", type=int, help="training images per class (default: all)")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.data, args.limit, Path(tmp) / "data") if args.limit else args.data
         images = sum(1 for _ in (data / "train").rglob("*") if _.suffix.lower() in IMAGE_SUFFIXES)
-        datamodule = CIFAR10DataModule(data_dir=str(data), val_size=images // 10, batch_size=64)
+        datamodule = CIFAR10DataModule(
+            data_dir=str(data), val_size=images // 10, batch_size=64, augment=not args.no_augment
+        )
         start = time.perf_counter()
         datamodule.setup("fit")  # decode once; both runs share the images
         print(f"decoded {images} images in {time.perf_counter() - start:.1f} s; torch {torch.__version__}, "
@@ -130,8 +136,8 @@ def main() -> None:
     for name, seconds, share in rows:
         shares = f"{100 * share:>7.2f}% {100 * share / scale:>16.2f}%" if share is not None else ""
         print(f"{name:<34} {seconds:>8.2f} {shares}")
-    print(f"\n{images} training images ({images - images // 10} trained on, {images // 10} validated); "
-          f"'full data' scales the epoch to {FULL_TRAIN_IMAGES}.")
+    print(f"\n{images} training images ({images - images // 10} trained on, {images // 10} validated), "
+          f"augmentation {'off' if args.no_augment else 'on'}; 'full data' scales the epoch to {FULL_TRAIN_IMAGES}.")
 
 
 if __name__ == "__main__":
