@@ -1,13 +1,17 @@
 """Cross-cutting training behaviour: side effects only, resumable state in ``state_dict``."""
 
 from callbacks.fault_tolerance import AtomicCheckpointIO, InterruptCheckpoint, StopOnNonFiniteLoss
+from callbacks.interpretability import InterpretabilityDumps
+from callbacks.loss_plots import LossPlots
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.run_record import RunRecorder
 from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 
 __all__ = [
     "AtomicCheckpointIO",
+    "InterpretabilityDumps",
     "InterruptCheckpoint",
+    "LossPlots",
     "ProgressiveUnfreeze",
     "RNGStateCheckpoint",
     "RunRecorder",

@@ -1,0 +1,275 @@
+"""Grad-CAM, guided backpropagation, feature maps and attention of fixed probe images, in TensorBoard.
+
+The pictures of SPEC section 6, redrawn every few epochs during ``fit`` and
+once under ``validate``/``test``/``predict`` (for a saved checkpoint), so users
+watch localisation and attention develop and compare checkpoints on the same
+images. The callback only gathers the probe images and publishes the pictures;
+:func:`visualization.pictures.render_pictures` computes and draws them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from callbacks.picture_log import image_writers, log_picture, picture_dir
+from visualization.attributions import resolve_layers
+from visualization.pictures import INPUT_METHODS, render_pictures
+
+__all__ = ["InterpretabilityDumps", "select_probes"]
+
+
+def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` images of each class, in index order: the same set on every run.
+
+    Args:
+        dataset: Items ``(image, label)`` (or bare images, then labels are ``-1``
+            and the first ``num_classes * per_class`` images are taken); images
+            ``[C, H, W]`` uint8, or floats in ``[0, 1]``.
+        num_classes: Number of classes to look for.
+        per_class: Images per class.
+
+    Returns:
+        ``(images uint8 [N, C, H, W], labels int64 [N])``, sorted by class then
+        index; fewer images if some class has too few.
+    """
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor):  # our in-memory sets: no need to read every item
+        picked = [i for c in range(num_classes) for i in (labels == c).nonzero()[:per_class, 0].tolist()]
+    else:
+        by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
+        unlabeled: list[int] = []
+        for index in range(len(dataset)):
+            label = _label(dataset[index])
+            if label in by_class and len(by_class[label]) < per_class:
+                by_class[label].append(index)
+            elif label < 0:
+                unlabeled.append(index)
+            if all(len(found) == per_class for found in by_class.values()) or len(unlabeled) == num_classes * per_class:
+                break
+        picked = [i for found in by_class.values() for i in found] or unlabeled
+    items = [dataset[i] for i in picked]
+    images = torch.stack([_as_uint8(item[0] if isinstance(item, (tuple, list)) else item) for item in items])
+    return images, torch.tensor([_label(item) for item in items], dtype=torch.long)
+
+
+def _label(item: Any) -> int:
+    """The class of a dataset item, -1 for a bare image."""
+    return int(item[1]) if isinstance(item, (tuple, list)) else -1
+
+
+def _as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Store probes as uint8: a quarter of float32's bytes in every checkpoint."""
+    image = torch.as_tensor(image).detach().cpu()
+    if image.dtype == torch.uint8:
+        return image.clone()
+    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class InterpretabilityDumps(L.Callback):
+    """Draw Grad-CAM, input-gradient methods, feature maps and attention for fixed probe images.
+
+    When: during ``fit``, at the end of every ``every_n_epochs``-th training
+    epoch (after its validation) and at the end of fit (unless that step was
+    just drawn); never during the sanity check. Under ``validate``, ``test``
+    and ``predict``, once at the end of the loop: their ``inference_mode`` is
+    lifted for the attributions only. Only rank zero draws and writes.
+
+    Probes: the first ``probes_per_class`` images of each class of the
+    validation set, in index order (under ``test``/``predict``: of that split),
+    chosen at the first dump and kept in ``state_dict`` as uint8, with the
+    class names, so a resumed run and ``explain.py`` use the same images.
+
+    TensorBoard tags (``global_step`` = the trainer's):
+
+    * ``gradcam/all_layers``: per probe, the image (true and predicted class),
+      Grad-CAM of each of ``layers`` (low to high) overlaid, then guided
+      backpropagation, deconvolution and guided Grad-CAM (last layer).
+    * ``features/probe<i>``: the top ``feature_top_k`` channels by mean
+      activation of each layer, for the first ``feature_images`` probes.
+    * ``features/top_channels``: the last layer's 3 strongest channels
+      overlaid on each probe (the source's "attention" maps).
+    * ``attention/channel``: SE/CBAM channel gates (models with them).
+    * ``attention/spatial``: CBAM spatial gates overlaid (CBAM models).
+
+    PNG files named after the tags go to ``<log dir>/pictures/<stage>/`` under
+    ``validate``/``test``/``predict``, and under ``fit`` when ``save_png``.
+    Nothing is drawn when there is neither an image logger nor a log dir
+    (e.g. ``fast_dev_run``).
+
+    The dumps leave training untouched: weights, BatchNorm statistics,
+    ``requires_grad``, train/eval flags and RNG state are restored.
+
+    Args:
+        layers: Layers to explain, low to high, as dotted names in the model's
+            ``net`` (``conv1``, ``layer4``, ``features.40``).
+        every_n_epochs: Draw every this many training epochs.
+        probes_per_class: Probe images per class.
+        methods: Input-resolution methods beside Grad-CAM, a subset of
+            ``guided_backprop``, ``deconvolution``, ``guided_gradcam``.
+        feature_top_k: Channels per layer in the feature-map pictures.
+        feature_images: Probes that get a feature-map picture (each costs a figure).
+        attention: Draw SE/CBAM gates when the model has them.
+        save_png: Also write PNG files during ``fit``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        every_n_epochs: int = 1,
+        probes_per_class: int = 1,
+        methods: Sequence[str] = INPUT_METHODS,
+        feature_top_k: int = 8,
+        feature_images: int = 1,
+        attention: bool = True,
+        save_png: bool = False,
+    ) -> None:
+        if isinstance(layers, str) or not layers:
+            raise ValueError(
+                f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
+            )
+        counts = {"every_n_epochs": every_n_epochs, "probes_per_class": probes_per_class, "feature_top_k": feature_top_k}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1.\nHINT: e.g. {name}: 1.")
+        unknown = sorted(set(methods) - set(INPUT_METHODS))
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+        self.layers = list(layers)
+        self.every_n_epochs = every_n_epochs
+        self.probes_per_class = probes_per_class
+        self.methods = list(methods)
+        self.feature_top_k = feature_top_k
+        self.feature_images = feature_images
+        self.attention = attention
+        self.save_png = save_png
+        self.probe_images: torch.Tensor | None = None
+        self.probe_labels: torch.Tensor | None = None
+        self.classes: list[str] | None = None
+        self.last_step: int | None = None
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        resolve_layers(_net(pl_module), self.layers)  # a misspelt layer fails now, not after an epoch
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_step != trainer.global_step:
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._dump(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._dump(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self.probe_images is None:
+            return {}
+        return {"probe_images": self.probe_images, "probe_labels": self.probe_labels, "classes": self.classes}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self.probe_images = state_dict["probe_images"]
+            self.probe_labels = state_dict["probe_labels"]
+            self.classes = list(state_dict["classes"])
+
+    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        stage = trainer.state.fn
+        wants_png = self.save_png or stage != TrainerFn.FITTING
+        folder = picture_dir(trainer, f"pictures/{stage.value}") if wants_png else None
+        if folder is None and not image_writers(trainer):
+            return
+        if self.probe_images is None and not self._choose_probes(trainer, pl_module):
+            return
+        pictures = render_pictures(
+            pl_module,
+            self._model_view(trainer, self.probe_images),
+            self.probe_labels,
+            self.classes,
+            self.layers,
+            layer_root=_net(pl_module),
+            methods=self.methods,
+            feature_top_k=self.feature_top_k,
+            feature_images=self.feature_images,
+            attention=self.attention,
+        )
+        for tag, image in pictures.items():
+            log_picture(trainer, tag, image, trainer.global_step, folder)
+        self.last_step = trainer.global_step
+
+    def _choose_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        dataset = _probe_dataset(trainer)
+        if dataset is None:
+            rank_zero_warn("InterpretabilityDumps found no dataset to draw probe images from; no pictures.")
+            return False
+        classes = getattr(trainer.datamodule, "classes", None)
+        self.classes = list(classes) if classes else [str(c) for c in range(pl_module.num_classes)]
+        self.probe_images, self.probe_labels = select_probes(dataset, len(self.classes), self.probes_per_class)
+        return True
+
+    def _model_view(self, trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
+        """Probes as the model sees a batch: floats in [0, 1], pixel-permuted if the data are.
+
+        Augmentation is left out on purpose: the pictures compare the same
+        images across epochs, and augmenting would draw random numbers.
+        """
+        x = images.float().div(255)
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "permute_pixels", False):
+            flat = x.flatten(2)
+            x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
+        return x
+
+
+def _net(pl_module: nn.Module) -> nn.Module:
+    """Where layer names are resolved: the classifier's ``net`` (names as in the configs)."""
+    return getattr(pl_module, "net", pl_module)
+
+
+def _probe_dataset(trainer: L.Trainer) -> Any:
+    """The dataset of the current loop's split (validation during fit), else the training set."""
+    loaders = {
+        TrainerFn.FITTING: trainer.val_dataloaders,
+        TrainerFn.VALIDATING: trainer.val_dataloaders,
+        TrainerFn.TESTING: trainer.test_dataloaders,
+        TrainerFn.PREDICTING: trainer.predict_dataloaders,
+    }.get(trainer.state.fn)
+    for loader in (loaders, trainer.train_dataloader):
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and _has_items(dataset):
+            return dataset
+    return None
+
+
+def _has_items(dataset: Any) -> bool:
+    """False for an empty map-style dataset (``val_size: 0``) and for iterable ones, which cannot be indexed."""
+    try:
+        return len(dataset) > 0 and hasattr(dataset, "__getitem__")
+    except TypeError:
+        return False

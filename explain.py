@@ -1,0 +1,187 @@
+"""The training-time pictures for a saved checkpoint and your own images, as PNG files.
+
+    python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
+        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3]
+
+Without ``--images`` the probe set stored in the checkpoint by
+``InterpretabilityDumps`` is explained, i.e. the images TensorBoard showed.
+``--images`` takes a folder of PNG/JPEG files; files inside a sub-folder named
+after a class get that class as their true label, loose files none. Images of
+another size are resized to the model's input size.
+
+The model class, the layers and the class names come from the run itself: the
+``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the state the
+callback stored in the checkpoint. ``--model-class`` and ``--layers`` override
+them for checkpoints from elsewhere. The pictures are those of
+``visualization.pictures.render_pictures``, the function the callback calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image
+from torch.nn import functional as F
+from torchvision.io import ImageReadMode, decode_image
+
+from datamodules.image_folder import IMAGE_SUFFIXES
+from lightning_modules import ImageClassifier
+from visualization.pictures import render_pictures
+
+# Images per picture: a Grad-CAM grid of more rows gets too tall to read.
+PAGE_SIZE = 10
+CALLBACK_NAME = "InterpretabilityDumps"
+
+
+class ExplainError(ValueError):
+    """Bad input to explain.py; the message says how to fix it."""
+
+
+def run_config(ckpt: Path) -> dict[str, Any]:
+    """The ``config.yaml`` cli.py saved for the run of this checkpoint, or ``{}``."""
+    path = ckpt.resolve().parent.parent / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def configured_layers(config: dict[str, Any]) -> list[str] | None:
+    """The layers of the run's InterpretabilityDumps callback, if it had one."""
+    for callback in (config.get("trainer") or {}).get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(CALLBACK_NAME):
+            return list((callback.get("init_args") or {}).get("layers") or []) or None
+    return None
+
+
+def model_class(name: str) -> type[ImageClassifier]:
+    """``lightning_modules.CNNClassifier`` (or just ``CNNClassifier``) to the class."""
+    module_name, _, class_name = name.rpartition(".")
+    module = importlib.import_module(module_name or "lightning_modules")
+    found = getattr(module, class_name, None)
+    if not (isinstance(found, type) and issubclass(found, ImageClassifier)):
+        raise ExplainError(
+            f"--model-class {name!r} is not an ImageClassifier.\n"
+            "HINT: e.g. --model-class lightning_modules.CNNClassifier (see lightning_modules/__init__.py)."
+        )
+    return found
+
+
+def load_model(ckpt: Path, class_name: str | None, device: str) -> tuple[ImageClassifier, dict[str, Any]]:
+    """The classifier with the checkpoint's weights, and the raw checkpoint."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    class_name = class_name or (run_config(ckpt).get("model") or {}).get("class_path")
+    if not class_name:
+        raise ExplainError(
+            f"Cannot tell the model class of {ckpt}: no config.yaml beside its checkpoints/ folder.\n"
+            "HINT: pass --model-class, e.g. lightning_modules.CNNClassifier."
+        )
+    overrides = {}
+    if checkpoint.get("hyper_parameters", {}).get("pretrained"):
+        overrides["pretrained"] = False  # the weights come from the checkpoint, not from ImageNet
+    model = model_class(class_name).load_from_checkpoint(ckpt, map_location=device, **overrides)
+    return model, checkpoint
+
+
+def stored_probes(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The probe images and class names InterpretabilityDumps kept in the checkpoint, or ``{}``."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith(CALLBACK_NAME) and state:
+            return state
+    return {}
+
+
+def read_images(
+    folder: Path, classes: Sequence[str], shape: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image files under ``folder`` as ``[N, C, H, W]`` uint8 at the model's size, with labels (-1: unknown)."""
+    channels, height, width = shape
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ExplainError(f"No PNG or JPEG files under {folder}.\nHINT: point --images at a folder of images.")
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    images, labels = [], []
+    for path in files:
+        image = decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), mode=mode)
+        if tuple(image.shape[-2:]) != (height, width):
+            resized = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", antialias=True)
+            image = resized[0].round().clamp(0, 255).to(torch.uint8)
+        images.append(image)
+        parent = path.parent.name if path.parent != folder else None
+        labels.append(classes.index(parent) if parent in classes else -1)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def explain(
+    ckpt: Path,
+    out: Path,
+    images: Path | None = None,
+    layers: Sequence[str] | None = None,
+    class_name: str | None = None,
+    device: str = "cpu",
+) -> list[Path]:
+    """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files."""
+    model, checkpoint = load_model(ckpt, class_name, device)
+    layers = list(layers or configured_layers(run_config(ckpt)) or [])
+    if not layers:
+        raise ExplainError(
+            "No layers to explain: the run's config names none.\n"
+            "HINT: pass --layers, e.g. --layers conv1 conv2 conv3 (CNN) or layer1 layer2 layer3 layer4 (ResNet)."
+        )
+    probes = stored_probes(checkpoint)
+    classes = list(probes.get("classes") or [str(c) for c in range(model.num_classes)])
+    if images is not None:
+        pixels, labels = read_images(images, classes, model.input_shape)
+    elif probes:
+        pixels, labels = probes["probe_images"], probes["probe_labels"]
+    else:
+        raise ExplainError(
+            f"{ckpt} holds no probe images (its run had no InterpretabilityDumps callback).\n"
+            "HINT: pass --images a folder of PNG/JPEG files."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    pages = range(0, len(pixels), PAGE_SIZE)
+    written = []
+    for page, start in enumerate(pages):
+        chunk = slice(start, start + PAGE_SIZE)
+        x = pixels[chunk].float().div(255)
+        pictures = render_pictures(
+            model, x, labels[chunk], classes, layers, layer_root=model.net, feature_images=len(x)
+        )
+        suffix = f"_{page}" if len(pages) > 1 else ""
+        for tag, picture in pictures.items():
+            path = out / f"{tag.replace('/', '_')}{suffix}.png"
+            Image.fromarray(picture).save(path)
+            written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by cli.py fit")
+    parser.add_argument("--images", type=Path, help="folder of images (default: the checkpoint's probe set)")
+    parser.add_argument("--out", type=Path, default=Path("pictures"), help="folder for the PNG files")
+    parser.add_argument("--layers", nargs="+", help="layers of model.net, low to high (default: the run's config)")
+    parser.add_argument("--model-class", help="e.g. lightning_modules.CNNClassifier (default: the run's config)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    args = parser.parse_args(argv)
+    if not args.ckpt.is_file():
+        parser.error(
+            f"--ckpt {args.ckpt} is not a file.\nHINT: checkpoints are in lightning_logs/<config>/version_N/checkpoints/."
+        )
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images} is not a folder.")
+    try:
+        written = explain(args.ckpt, args.out, args.images, args.layers, args.model_class, args.device)
+    except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
+        parser.error(str(error))
+    print(f"Wrote {len(written)} pictures to {args.out}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

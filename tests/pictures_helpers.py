@@ -1,0 +1,51 @@
+"""What the picture tests share: a tiny trainer and reading images back from TensorBoard."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+from datamodules import CIFAR10DataModule
+
+
+def tiny_datamodule(data: Path) -> CIFAR10DataModule:
+    """72 training images in 3 classes: 60 train (4 batches of 16), 12 validation."""
+    return CIFAR10DataModule(data_dir=str(data), val_size=12, batch_size=16)  # str: checkpoints load weights_only
+
+
+def tiny_trainer(log_dir: Path, callbacks: list, max_epochs: int = 2, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(log_dir, name="run", version=0),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def tensorboard_images(log_dir: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """``{tag: [(step, RGB array), ...]}`` of every image event under ``log_dir``."""
+    found: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={IMAGES: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()[IMAGES]:
+            for event in accumulator.Images(tag):
+                pixels = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+                found.setdefault(tag, []).append((event.step, pixels))
+    return found
+
+
+def assert_picture(pixels: np.ndarray, min_side: int = 100) -> None:
+    """A real picture: big enough to read and not one flat colour."""
+    assert pixels.ndim == 3 and pixels.shape[2] == 3
+    assert min(pixels.shape[:2]) >= min_side, pixels.shape
+    assert pixels.std() > 1.0, "constant picture"

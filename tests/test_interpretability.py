@@ -1,0 +1,183 @@
+"""InterpretabilityDumps and explain.py: the pictures arrive, and training never notices them."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import explain
+from callbacks import InterpretabilityDumps
+from lightning_modules.cnn import CNNSEClassifier
+from tests.conftest import REPO
+from tests.pictures_helpers import assert_picture, tensorboard_images, tiny_datamodule, tiny_trainer
+from visualization.attributions import gradcam, resolve_layers
+from visualization.pictures import picture_tags, render_pictures
+
+LAYERS = ["conv1", "conv2", "conv3"]
+TAGS = picture_tags(feature_images=1, channel_attention=True)
+STEPS_PER_EPOCH = 4
+
+
+def _fit(log_dir: Path, data: Path, callbacks: list) -> tuple[L.Trainer, CNNSEClassifier]:
+    L.seed_everything(0)
+    model = CNNSEClassifier(num_classes=3)
+    trainer = tiny_trainer(log_dir, callbacks)
+    trainer.fit(model, tiny_datamodule(data))
+    return trainer, model
+
+
+def _rng_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_data, tmp_path_factory):
+    """Two epochs of the SE CNN with dumps every epoch, and what training left behind."""
+    log_dir = tmp_path_factory.mktemp("dumps")
+    dumps = InterpretabilityDumps(LAYERS, every_n_epochs=1)
+    trainer, model = _fit(log_dir, tiny_data, [dumps])
+    return trainer, model, dumps, _rng_states(), log_dir / "run/version_0"
+
+
+def test_every_tag_each_epoch_with_readable_pictures(fitted):
+    _, _, _, _, run = fitted
+    images = tensorboard_images(run)
+    assert set(TAGS) <= set(images)
+    for tag in TAGS:
+        # one dump per epoch; the end of fit falls on the last epoch's step and is not repeated
+        assert [step for step, _ in images[tag]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH], tag
+        for _, pixels in images[tag]:
+            assert_picture(pixels)
+    # 3 probes x (image + 3 layers + 3 methods) cells of 160 px
+    assert images["gradcam/all_layers"][0][1].shape[:2] == (3 * 160 + 20, 7 * 160)
+
+
+def test_probes_are_the_first_image_of_each_class_and_kept_in_the_checkpoint(fitted, tiny_data):
+    trainer, _, dumps, _, run = fitted
+    datamodule = tiny_datamodule(tiny_data)
+    datamodule.setup("fit")
+    val = datamodule.val_set
+    first = [int((val.labels == c).nonzero()[0]) for c in range(3)]
+    assert dumps.probe_labels.tolist() == [0, 1, 2]
+    assert torch.equal(dumps.probe_images, val.images[first])
+    checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=True)
+    state = checkpoint["callbacks"]["InterpretabilityDumps"]
+    assert torch.equal(state["probe_images"], dumps.probe_images) and state["classes"] == ["bird", "cat", "ship"]
+    restored = InterpretabilityDumps(LAYERS)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.probe_images, dumps.probe_images)
+
+
+def test_dumps_change_nothing_about_training(fitted, tiny_data, tmp_path):
+    _, with_dumps, _, rng_with, _ = fitted
+    _, without = _fit(tmp_path, tiny_data, [])
+    rng_without = _rng_states()
+    expected = without.state_dict()  # weights and BatchNorm statistics
+    for key, value in with_dumps.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert [p.requires_grad for p in with_dumps.parameters()] == [p.requires_grad for p in without.parameters()]
+    assert [m.training for m in with_dumps.modules()] == [m.training for m in without.modules()]
+    assert torch.equal(rng_with[0], rng_without[0])
+    assert np.array_equal(rng_with[1], rng_without[1]) and rng_with[2] == rng_without[2]
+
+
+def test_predict_draws_under_inference_mode(fitted, tiny_data, tmp_path):
+    # validate is covered through the CLI below
+    _, model, dumps, _, _ = fitted
+    trainer = tiny_trainer(tmp_path, [dumps])
+    trainer.predict(model, tiny_datamodule(tiny_data))
+    images = tensorboard_images(tmp_path)
+    assert all(len(images[tag]) == 1 for tag in TAGS)
+    for tag in TAGS:
+        assert (tmp_path / f"run/version_0/pictures/predict/{tag.replace('/', '_')}.png").is_file()
+
+
+def test_no_dumps_during_the_sanity_check_or_without_an_output(tiny_data, tmp_path):
+    dumps = InterpretabilityDumps(LAYERS)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False)
+    trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
+    assert dumps.last_step is None and not list(tmp_path.rglob("*.png"))
+
+
+def test_a_misspelt_layer_fails_before_training_and_names_the_valid_ones(tiny_data, tmp_path):
+    trainer = tiny_trainer(tmp_path, [InterpretabilityDumps(["conv9"])])
+    with pytest.raises(ValueError, match="conv3"):
+        trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
+    assert trainer.global_step == 0
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward failed")
+
+
+class _Explode(nn.Module):
+    def forward(self, x):
+        return _FailingBackward.apply(x)
+
+
+def test_hooks_are_removed_and_the_model_restored_when_an_attribution_fails():
+    model = CNNSEClassifier(num_classes=3)
+    model.net.pool3 = nn.Sequential(model.net.pool3, _Explode())
+    model.train()
+    flags = [m.training for m in model.modules()]
+    with pytest.raises(RuntimeError, match="backward failed"):
+        render_pictures(model, torch.rand(2, 3, 32, 32), [0, 1], ["a", "b", "c"], LAYERS, layer_root=model.net)
+    for module in model.modules():
+        assert not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks), module
+        assert not getattr(module, "_backward_pre_hooks", None), module
+    assert [m.training for m in model.modules()] == flags
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_zero_gradients_give_blank_finite_pictures():
+    model = CNNSEClassifier(num_classes=3)
+    last = model.net.classifier[-1]
+    nn.init.zeros_(last.weight)  # logits no longer depend on the image: every gradient is 0
+    images = torch.rand(3, 3, 32, 32)
+    cams = gradcam(model, images, [0, 1, 2], resolve_layers(model.net, LAYERS))
+    assert all(torch.equal(cam, torch.zeros_like(cam)) for cam in cams.values())
+    pictures = render_pictures(model, images, [0, 1, 2], ["a", "b", "c"], LAYERS, layer_root=model.net)
+    assert set(pictures) == set(TAGS)
+
+
+def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
+    _, _, _, _, run = fitted
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    base = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS]
+    assert explain.main([*base, "--out", str(tmp_path / "probes")]) == 0  # the stored probe set
+    for name in ("gradcam_all_layers.png", "features_probe2.png", "attention_channel.png"):
+        assert_picture(np.asarray(Image.open(tmp_path / "probes" / name).convert("RGB")))
+
+    own = tmp_path / "own"
+    (own / "cat").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)  # resized to 32x32
+    Image.fromarray(pixels).save(own / "cat/a.png")
+    Image.fromarray(pixels).save(own / "loose.jpg")
+    images, labels = explain.read_images(own, ["bird", "cat", "ship"], (3, 32, 32))
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [1, -1]
+    assert explain.main([*base, "--images", str(own), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out/gradcam_all_layers.png").is_file()
+
+
+def test_cli_validate_draws_and_explain_reads_the_run_config(tiny_data, run_cli, tmp_path):
+    args = ["--config", REPO / "configs/cnn.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    fit = run_cli("fit", *args, "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 2)
+    run = Path(fit.trainer.log_dir)
+    run_cli("validate", *args, "--ckpt_path", "best")
+    assert (run / "pictures/validate/gradcam_all_layers.png").is_file()
+    assert explain.main(["--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "pictures")]) == 0
+    assert (tmp_path / "pictures/features_top_channels.png").is_file()

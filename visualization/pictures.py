@@ -1,0 +1,196 @@
+"""Every picture of SPEC section 6 for a batch of images, as RGB arrays keyed by tag.
+
+One function, :func:`render_pictures`, gathers the tensors (predictions,
+Grad-CAM, input-gradient methods, activations, attention gates) with the
+functions of :mod:`visualization.attributions` and draws them with those of
+:mod:`visualization.figures`. The training callback and ``explain.py`` both
+call it, so a picture of a checkpoint is the picture TensorBoard showed during
+training. No Lightning import: a model is any ``nn.Module`` taking images in
+``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from visualization.attributions import (
+    attribution_mode,
+    capture_activations,
+    deconvolution,
+    gradcam,
+    guided_backprop,
+    guided_gradcam,
+    prepare_inputs,
+    resolve_layers,
+)
+from visualization.figures import (
+    attention_figure,
+    feature_maps_figure,
+    figure_to_image,
+    gradcam_figure,
+    top_channel_overlay_figure,
+)
+
+__all__ = ["INPUT_METHODS", "attention_gates", "picture_tags", "render_pictures"]
+
+# Input-resolution methods drawn beside the Grad-CAM columns, in this order.
+INPUT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
+
+# Channels of the last layer overlaid in the source's "attention" picture (SPEC 6).
+TOP_CHANNELS = 3
+
+
+def attention_gates(net: nn.Module) -> dict[str, nn.Module]:
+    """The sigmoid gates of SE and CBAM blocks, found by their names.
+
+    The attention modules name their sigmoid ``gate`` (``conv1.se.gate``,
+    ``cbam.layer1.channel.gate``, ``cbam.layer1.spatial.gate``); a forward hook
+    there reads the attention weights themselves.
+
+    Args:
+        net: The network to search.
+
+    Returns:
+        ``{dotted name: gate module}`` in module order; empty for a model
+        without attention.
+    """
+    return {
+        name: module
+        for name, module in net.named_modules()
+        if name.endswith("gate") and {"se", "cbam"} & set(name.split("."))
+    }
+
+
+def picture_tags(feature_images: int = 1, channel_attention: bool = False, spatial_attention: bool = False) -> list[str]:
+    """The tags :func:`render_pictures` returns for these settings, in its order.
+
+    Args:
+        feature_images: Images that get a feature-map picture.
+        channel_attention: Whether the model has SE/CBAM channel gates.
+        spatial_attention: Whether it has CBAM spatial gates.
+
+    Returns:
+        Tags such as ``gradcam/all_layers``, ``features/probe0``, ``attention/spatial``.
+    """
+    tags = ["gradcam/all_layers", *(f"features/probe{i}" for i in range(feature_images)), "features/top_channels"]
+    if channel_attention:
+        tags.append("attention/channel")
+    if spatial_attention:
+        tags.append("attention/spatial")
+    return tags
+
+
+def render_pictures(
+    model: nn.Module,
+    images: Tensor,
+    labels: Sequence[int] | Tensor,
+    classes: Sequence[str],
+    layers: Sequence[str],
+    layer_root: nn.Module | None = None,
+    methods: Sequence[str] = INPUT_METHODS,
+    feature_top_k: int = 8,
+    feature_images: int = 1,
+    attention: bool = True,
+) -> dict[str, np.ndarray]:
+    """Grad-CAM, input-gradient methods, feature maps and attention for some images.
+
+    Each image is explained for the class the model predicts (the decision a
+    user wants to understand); titles carry the true and the predicted class.
+    The model is left exactly as it was found (see ``attribution_mode``), so
+    this is safe between training steps and inside ``inference_mode`` loops.
+
+    Args:
+        model: Classifier taking images in ``[0, 1]`` and returning logits
+            (our LightningModules normalise internally).
+        images: ``[N, C, H, W]`` floats in ``[0, 1]``; moved to the model's
+            device and floating dtype.
+        labels: True class per image (``-1`` when unknown).
+        classes: Class names indexed by class.
+        layers: Layer names relative to ``layer_root``, low to high.
+        layer_root: Module the names are resolved in (``model.net`` for our
+            classifiers); default ``model``.
+        methods: Which of :data:`INPUT_METHODS` to draw beside Grad-CAM.
+        feature_top_k: Channels per layer in the feature-map pictures.
+        feature_images: How many of the images (the first ones) get a
+            feature-map picture; each costs a figure.
+        attention: Draw SE/CBAM gates when the model has them.
+
+    Returns:
+        ``{tag: uint8 [H, W, 3]}`` with the tags of :func:`picture_tags`.
+
+    Raises:
+        ValueError: An unknown layer or method name.
+    """
+    unknown = [m for m in methods if m not in INPUT_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+    root = model if layer_root is None else layer_root
+    named = resolve_layers(root, layers)
+    gates = attention_gates(root) if attention else {}
+    x = _model_input(model, images)
+    labels = torch.as_tensor(labels).long().cpu()
+    with attribution_mode(model), torch.no_grad():
+        preds = model(prepare_inputs(x, model)).argmax(dim=1).cpu()
+
+    cams = gradcam(model, x, preds, named)
+    extra = _input_attributions(model, x, preds, methods, named[layers[-1]])
+    shown = x.detach().float().cpu()
+    # One figure for all layers and methods: side by side is how users compare
+    # them, and each extra figure costs more than all attributions together.
+    pictures = {"gradcam/all_layers": figure_to_image(gradcam_figure(shown, cams, labels, preds, classes, extra))}
+
+    captured = capture_activations(model, x, {**named, **gates})
+    for i in range(min(feature_images, len(shown))):
+        title = _title(int(labels[i]), int(preds[i]), classes)
+        acts = {name: captured[name][i] for name in layers}
+        pictures[f"features/probe{i}"] = figure_to_image(feature_maps_figure(shown[i], acts, title, feature_top_k))
+    last = captured[layers[-1]]
+    if last.dim() == 4:
+        pictures["features/top_channels"] = figure_to_image(
+            top_channel_overlay_figure(shown, last, labels, preds, classes, k=TOP_CHANNELS)
+        )
+
+    channel = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] == (1, 1)}
+    spatial = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] != (1, 1)}
+    if channel:
+        pictures["attention/channel"] = figure_to_image(attention_figure(shown, channel, {}, labels, preds, classes))
+    if spatial:
+        pictures["attention/spatial"] = figure_to_image(attention_figure(shown, {}, spatial, labels, preds, classes))
+    return pictures
+
+
+def _model_input(model: nn.Module, images: Tensor) -> Tensor:
+    """Images on the model's device, in its floating dtype (bf16 models get bf16)."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return images.float()
+    dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+    return images.to(device=param.device, dtype=dtype)
+
+
+def _input_attributions(
+    model: nn.Module, x: Tensor, targets: Tensor, methods: Sequence[str], last_layer: nn.Module
+) -> dict[str, Tensor]:
+    """The requested input-resolution attributions, keyed by a display name."""
+    compute = {
+        "guided_backprop": lambda: guided_backprop(model, x, targets),
+        "deconvolution": lambda: deconvolution(model, x, targets),
+        "guided_gradcam": lambda: guided_gradcam(model, x, targets, last_layer),
+    }
+    return {name.replace("_", " "): compute[name]() for name in INPUT_METHODS if name in methods}
+
+
+def _gate_label(name: str) -> str:
+    """``conv1.se.gate`` -> ``conv1.se``: the block, not its sigmoid."""
+    return name.removesuffix(".gate")
+
+
+def _title(label: int, pred: int, classes: Sequence[str]) -> str:
+    def name(index: int) -> str:
+        return classes[index] if 0 <= index < len(classes) else "?"
+
+    return f"true: {name(label)}\npred: {name(pred)}"
