@@ -68,6 +68,9 @@ class InterruptCheckpoint(L.Callback):
         if directory is None:
             return
         path = Path(directory) / self.filename
+        if not _all_finite(pl_module):  # e.g. BatchNorm statistics of the step that diverged
+            rank_zero_warn(f"Not saving {path}: the model holds NaN/Inf values. Resume from last.ckpt.")
+            return
         try:
             trainer.save_checkpoint(path)
         except Exception as error:  # never hide the original exception behind a failed save
@@ -78,6 +81,10 @@ class InterruptCheckpoint(L.Callback):
                 f"\n{type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
                 f"weights saved to {path}.\nResume with --ckpt_path last (the last finished epoch, {directory}/last.ckpt)."
             )
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    return all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
 
 
 class NonFiniteLossError(RuntimeError):

@@ -127,6 +127,8 @@ class RunRecorder(L.Callback):
             return
         logger = trainer.loggers[0]
         datamodule = trainer.datamodule
+        # trainer.log_dir broadcasts under DDP: every rank must ask, so ask here, not in the rank-zero write.
+        self._log_dir = Path(trainer.log_dir)
         self._record = {
             "config_name": logger.name,
             "version": logger.version,
@@ -151,7 +153,7 @@ class RunRecorder(L.Callback):
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer) -> None:
-        path = Path(trainer.log_dir) / RUN_RECORD_FILE
+        path = self._log_dir / RUN_RECORD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self._record, indent=2) + "\n")
 

@@ -66,3 +66,16 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return cli.main([str(a) for a in args])
 
     return run
+
+
+def config_with_stages(tmp_path: Path, stages: list[dict], source: Path | None = None) -> Path:
+    """A copy of ``resnet_cbam.yaml`` whose ProgressiveUnfreeze callback has other ``stages``."""
+    import yaml
+
+    source = source or REPO / "configs" / "resnet_cbam.yaml"
+    config = yaml.safe_load(source.read_text())
+    (unfreeze,) = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "callbacks.ProgressiveUnfreeze"]
+    unfreeze["init_args"]["stages"] = stages
+    path = tmp_path / f"{source.stem}_stages.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

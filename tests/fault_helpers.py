@@ -28,3 +28,14 @@ class CrashAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise KeyboardInterrupt if self.ctrl_c else RuntimeError("injected crash")
+
+
+class NaNInputAtStep(L.Callback):
+    """Poison one training batch with NaN, as corrupt data or an overflow upstream would."""
+
+    def __init__(self, step: int = 6) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import callbacks.fault_tolerance as fault_tolerance
 from callbacks import AtomicCheckpointIO
 from lightning_modules import CNNClassifier
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONFIGS, REPO, config_with_stages
 from tests.test_cli import tiny_args
 
 CNN = REPO / "configs" / "cnn.yaml"
@@ -113,11 +113,13 @@ def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
 
 def test_a_nan_loss_stops_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_path):
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
-                          "--model.optimizer.lr", "1e12")
+                          "--trainer.callbacks+=tests.fault_helpers.NaNInputAtStep",
+                          "--trainer.callbacks.init_args.step", 6)
     assert result.returncode == 1
-    assert "global step" in result.stderr and "learning rate" in result.stderr and "HINT:" in result.stderr
+    assert "global step 6" in result.stderr and "learning rate" in result.stderr and "HINT:" in result.stderr
     checkpoints = list((tmp_path / "lightning_logs").rglob("*.ckpt"))
-    assert checkpoints
+    # last and best from epoch 0; no interrupted.ckpt: that step's forward already put NaN in BatchNorm.
+    assert sorted(p.name.split("-")[0] for p in checkpoints) == ["best", "last.ckpt"]
     for path in checkpoints:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
@@ -193,11 +195,10 @@ def test_malformed_yaml_exits_2(run_cli, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, capsys):
-    stages = "[{epoch: -1, train: [conv1, cbam, fc], lr: 1.0e-3}]"
+def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, tmp_path, capsys):
+    config = config_with_stages(tmp_path, [{"epoch": -1, "train": ["conv1", "cbam", "fc"], "lr": 1.0e-3}])
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", *tiny_args(REPO / "configs/resnet_cbam.yaml", tiny_data),
-                "--trainer.callbacks.init_args.stages", stages)
+        run_cli("fit", *tiny_args(config, tiny_data))
     assert exit_info.value.code == 2
     assert "epoch=-1" in capsys.readouterr().err
 

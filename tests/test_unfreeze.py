@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from callbacks import ProgressiveUnfreeze
-from tests.conftest import REPO
+from tests.conftest import REPO, config_with_stages
 from tests.test_cli import tiny_args
 from tests.unfreeze_helpers import TINY_STAGES, ScheduleRecorder, write_config
 
@@ -169,11 +169,12 @@ def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data, run_
     assert {id(p) for p in pretrained["params"]} == {id(p) for p in cli.model.parameters()} - new_ids
 
 
-def test_resnet_cbam_config_schedule_through_the_cli(tiny_data, run_cli):
-    stages = "[{epoch: 0, train: [conv1, cbam, fc], lr: 1.0e-3}, {epoch: 1, train: [+layer3, +layer4], lr: 1.0e-4}]"
+def test_resnet_cbam_config_schedule_through_the_cli(tiny_data, run_cli, tmp_path):
+    stages = [{"epoch": 0, "train": ["conv1", "cbam", "fc"], "lr": 1.0e-3},
+              {"epoch": 1, "train": ["+layer3", "+layer4"], "lr": 1.0e-4}]
+    config = config_with_stages(tmp_path, stages)
     cli = run_cli(
-        "fit", *tiny_args(REPO / "configs/resnet_cbam.yaml", tiny_data),
-        "--trainer.callbacks.init_args.stages", stages, "--trainer.callbacks+=" + RECORDER,
+        "fit", *tiny_args(config, tiny_data), "--trainer.callbacks+=" + RECORDER,
         "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 1, "--trainer.limit_val_batches", 1,
         "--data.batch_size", 4,
     )
