@@ -160,11 +160,12 @@ def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
     newest: dict[tuple[str, int | None], Run] = {}
     for run in sorted(runs, key=lambda r: r.finished_at):
         newest[(run.config, run.seed)] = run
-    groups: dict[str, list[Run]] = {}
+
     def order(item: tuple[tuple[str, int | None], Run]) -> tuple[str, bool, int]:
         (config, seed), _ = item
-        return config, seed is None, seed or 0
+        return config, seed is None, seed or 0  # unseeded runs last
 
+    groups: dict[str, list[Run]] = {}
     for (config, _), run in sorted(newest.items(), key=order):
         groups.setdefault(config, []).append(run)
     return groups
