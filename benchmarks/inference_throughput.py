@@ -1,6 +1,6 @@
 """Inference images/s of every architecture, eval mode under ``torch.inference_mode``.
 
-    python benchmarks/inference_throughput.py --batch-size 256
+    python -m benchmarks.inference_throughput --batch-size 256
 """
 
 from __future__ import annotations

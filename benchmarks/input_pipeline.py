@@ -5,7 +5,7 @@ transforms (SPEC section 2) in a DataLoader. Ours gathers uint8 batches from the
 in-memory tensor and augments them in one vectorised pass, in the training
 process. Both produce augmented, float training batches; no model runs.
 
-    python benchmarks/input_pipeline.py --steps 100
+    python -m benchmarks.input_pipeline --steps 100
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the pictures cost: interpretability dumps and loss plots as a share of a CNN epoch.
 
-    python benchmarks/interpretability_cost.py [--data ../shared/cifar10-jpg] [--limit 1000]
+    python -m benchmarks.interpretability_cost [--data ../shared/cifar10-jpg] [--limit 1000]
 
 Trains the CNN of ``configs/cnn.yaml`` (batch 64, Adam 1e-3) for one epoch
 twice on the same data: without picture callbacks, then with
@@ -9,10 +9,7 @@ twice on the same data: without picture callbacks, then with
 not buried in the run-to-run noise of a shared machine. ``--limit`` keeps that
 many training images per class (the dumps cost the same at any data size; the
 epoch shrinks), and the table extrapolates the share to the full 50,000 images.
-``--no-augment`` trains without augmentation: today's augmentation is a
-per-image placeholder that takes most of an epoch on a CPU, and the batched
-one that replaces it will make epochs, hence the share, what this shows.
-The goal is under 3 % of an epoch.
+``--no-augment`` trains without augmentation. The goal is under 3 % of an epoch.
 """
 
 from __future__ import annotations

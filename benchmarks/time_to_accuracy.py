@@ -6,7 +6,7 @@ stop at the first epoch whose validation accuracy reaches ``--target``. The
 reference loop decodes with PIL and augments per image in 2 loader workers, as
 the source did; ours is ``cli.py``'s datamodule and module under a Trainer.
 
-    python benchmarks/time_to_accuracy.py --target 0.6 --max-epochs 5
+    python -m benchmarks.time_to_accuracy --target 0.6 --max-epochs 5
 """
 
 from __future__ import annotations

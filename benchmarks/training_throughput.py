@@ -9,7 +9,7 @@ Prints, for the CNN and ResNet18+CBAM at the same batch size and optimiser:
 
 "our fit / plain loop on our pipeline" is Lightning's own overhead.
 
-    python benchmarks/training_throughput.py --steps 60
+    python -m benchmarks.training_throughput --steps 60
 """
 
 from __future__ import annotations
