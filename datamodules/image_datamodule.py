@@ -16,6 +16,7 @@ Where images come from is decided by what ``data_dir`` holds:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
+from datamodules.sampling import EvalShardSampler, ResumableShuffleSampler, loader_generator
 
 __all__ = ["ImageDataModule", "InMemoryImages"]
 
@@ -90,6 +92,8 @@ class ImageDataModule(L.LightningDataModule):
         mean: Per-channel normalisation mean; ``None`` takes the dataset's.
         std: Per-channel normalisation std; ``None`` takes the dataset's.
         pin_memory: Pin host batches for faster copies to a GPU.
+        skip_broken: Leave out unreadable image files (listed in a warning)
+            instead of stopping with a ``DataError`` that lists them.
     """
 
     torchvision_dataset: ClassVar[Any]
@@ -112,6 +116,7 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         pin_memory: bool = True,
+        skip_broken: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -129,6 +134,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.skip_broken = skip_broken
         self.mean = tuple(mean) if mean is not None else self.default_mean
         self.std = tuple(std) if std is not None else self.default_std
         for name, stats in (("mean", self.mean), ("std", self.std)):
@@ -149,6 +155,8 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
         self._permutation: torch.Tensor | None = None
+        self._shuffle_seed: int | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     # ---- where the data come from -------------------------------------------------
 
@@ -177,7 +185,7 @@ class ImageDataModule(L.LightningDataModule):
                     f"The image folder '{self.data_dir}' has no '{split}' split.\n"
                     f"HINT: create {split_dir}/<class>/*.png (the same class folders as train/)."
                 )
-            images = load_image_folder(split_dir, channels=self.channels)
+            images = load_image_folder(split_dir, channels=self.channels, skip_broken=self.skip_broken)
             if images.classes != self.classes:
                 raise DataError(
                     f"The classes of '{split_dir}' {images.classes} differ from those of train/ {self.classes}.\n"
@@ -228,10 +236,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.source == "torchvision" and self.download:
+            existing = set(self.data_dir.rglob("*")) if self.data_dir.exists() else set()
             for train in (True, False):
                 try:
                     self.torchvision_dataset(str(self.data_dir), train=train, download=True)
                 except OSError as error:  # URLError and socket errors are OSErrors
+                    # A half-written archive would pass for data on the next run.
+                    _remove_new_files(self.data_dir, existing)
                     raise DataError(
                         f"Could not download {self.torchvision_dataset.__name__} into '{self.data_dir}': {error}.\n"
                         f"HINT: without network, place {self.torchvision_folder}/ or train/<class>/*.png there "
@@ -253,15 +264,46 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: InMemoryImages | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are requested.")
+        seed = self.shuffle_seed
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if shuffle:
+            sampler = ResumableShuffleSampler(dataset, seed, num_replicas=world_size, rank=rank)
+            if self._resume_at is not None:
+                sampler.resume_at(*self._resume_at)
+                self._resume_at = None
+        else:
+            sampler = EvalShardSampler(dataset, num_replicas=world_size, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(seed),
         )
+
+    @property
+    def shuffle_seed(self) -> int:
+        """Seed of the training order: the run's ``seed_everything`` seed, kept in checkpoints for resumes."""
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._shuffle_seed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands, so a mid-epoch checkpoint resumes at the next unseen batch."""
+        state: dict[str, Any] = {"shuffle_seed": self.shuffle_seed}
+        if self.trainer is not None:
+            # "processed" is the batch Lightning itself resumes after, whichever hook saved.
+            batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state.update(epoch=self.trainer.current_epoch, samples_done=batches_done * self.batch_size)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
+        if "epoch" in state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["samples_done"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -291,3 +333,14 @@ class ImageDataModule(L.LightningDataModule):
             flat = images.flatten(2)
             images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
         return images, labels
+
+
+def _remove_new_files(folder: Path, existing: set[Path]) -> None:
+    """Delete what appeared under ``folder`` since ``existing`` was listed, deepest first."""
+    if not folder.exists():
+        return
+    for path in sorted(set(folder.rglob("*")) - existing, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)

@@ -53,13 +53,17 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny_data,
     assert len(best) == 1 and torch.load(best[0], weights_only=False)["epoch"] == 0
 
 
-def test_resume_from_last_continues_the_run_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch):
-    straight = _train(run_cli, tiny_data, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_last_continues_the_run_bit_exactly(workers, tiny_data, run_cli, tmp_path, monkeypatch):
+    # Worker processes must not change the order or the augmentation draws (issue 6, item 5);
+    # mid-epoch resumes are covered in test_robustness.py.
+    exact = ("--trainer.deterministic", "true", "--data.num_workers", workers)
+    straight = _train(run_cli, tiny_data, *exact, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
     expected = _weights(straight.model)
 
-    _train(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed")
+    _train(run_cli, tiny_data, *exact, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed")
     resumed = _train(
-        run_cli, tiny_data, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",
+        run_cli, tiny_data, *exact, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",
         "--ckpt_path", "last",
     )
     assert resumed.trainer.current_epoch == 3
