@@ -16,8 +16,9 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks import RNGStateCheckpoint
+from callbacks import LastCheckpoint, NonFiniteLossError, RNGStateCheckpoint, StopOnNonFiniteLoss
 from datamodules import ImageDataModule
 from datamodules.image_folder import DataError
 from lightning_modules import ImageClassifier
@@ -48,14 +49,7 @@ class ProjectCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
             }
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults(
-            {
-                "last_checkpoint.filename": "last",
-                "last_checkpoint.save_top_k": 1,
-                "last_checkpoint.enable_version_counter": False,
-            }
-        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -122,9 +116,18 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
+            trainer_defaults={
+                "callbacks": [RNGStateCheckpoint(), StopOnNonFiniteLoss()],
+                "plugins": [{"class_path": "callbacks.AtomicCheckpointIO"}],
+            },
             args=args,
         )
+    except SIGTERMException as stop:  # Lightning's exits 0, which tells a scheduler the job is done
+        print("error: training was stopped by SIGTERM.", file=sys.stderr)
+        raise SystemExit(143) from stop
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
     except DataError as error:  # found once the data are read, after the config was accepted
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
