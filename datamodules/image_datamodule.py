@@ -16,17 +16,20 @@ Where images come from is decided by what ``data_dir`` holds:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
+from datamodules.sampling import EvalShardSampler, ResumableShuffleSampler, loader_generator
 
 __all__ = ["ImageDataModule", "InMemoryImages"]
 
@@ -49,27 +52,6 @@ class InMemoryImages(Dataset):
         # instead of batch_size __getitem__ calls and a stack.
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
-
-
-class EpochShuffle(Sampler[int]):
-    """A random order that depends on (seed, epoch) alone.
-
-    torch's RandomSampler, and the DataLoader's worker seeds, draw from the
-    global generator whenever an iterator starts; a resumed run starts its
-    iterators at other moments than the straight run, so it would shuffle
-    differently. The epoch is read when an epoch's iterator starts (a resumed
-    run creates its first one before Lightning's ``set_epoch`` call).
-    """
-
-    def __init__(self, size: int, seed: int, epoch: Callable[[], int]) -> None:
-        self.size, self.seed, self.epoch = size, seed, epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch())
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +162,8 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
         self._permutation: torch.Tensor | None = None
+        self._shuffle_seed: int | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     # ---- where the data come from -------------------------------------------------
 
@@ -259,10 +243,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.source == "torchvision" and self.download:
+            existing = set(self.data_dir.rglob("*")) if self.data_dir.exists() else set()
             for train in (True, False):
                 try:
                     self.torchvision_dataset(str(self.data_dir), train=train, download=True)
                 except OSError as error:  # URLError and socket errors are OSErrors
+                    _remove_new_files(self.data_dir, existing)  # a half-written archive would pass for data
                     raise DataError(
                         f"Could not download {self.torchvision_dataset.__name__} into '{self.data_dir}': {error}.\n"
                         f"HINT: without network, place {self.torchvision_folder}/ or train/<class>/*.png there "
@@ -302,24 +288,48 @@ class ImageDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are requested.")
         on_host = not dataset.images.is_cuda
-        # seed_everything's seed, so runs with different seeds see different orders.
-        seed = torch.initial_seed() % 2**62
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        sampler = EpochShuffle(len(dataset), seed, self._current_epoch) if shuffle and not distributed else None
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if shuffle:
+            sampler = ResumableShuffleSampler(dataset, self.shuffle_seed, num_replicas=world_size, rank=rank)
+            if self._resume_at is not None:
+                sampler.resume_at(*self._resume_at)
+                self._resume_at = None
+        else:
+            sampler = EvalShardSampler(dataset, num_replicas=world_size, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,  # under DDP Lightning swaps in a DistributedSampler
             sampler=sampler,
-            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global RNG
+            generator=loader_generator(self.shuffle_seed),
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             pin_memory=self.pin_memory and on_host and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
 
-    def _current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+    @property
+    def shuffle_seed(self) -> int:
+        """The run's ``seed_everything`` seed (the same on every DDP rank), kept in checkpoints for resumes."""
+        if self._shuffle_seed is None:
+            seed = os.environ.get("PL_GLOBAL_SEED")
+            self._shuffle_seed = int(seed) if seed is not None else torch.initial_seed() % 2**62
+        return self._shuffle_seed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands, so a mid-epoch checkpoint resumes at the next unseen batch."""
+        state: dict[str, Any] = {"shuffle_seed": self.shuffle_seed}
+        if self.trainer is not None:
+            # "processed" counts the batches Lightning itself resumes after, whichever hook saved.
+            batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state.update(epoch=self.trainer.current_epoch, samples_done=batches_done * self.batch_size)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
+        if "epoch" in state_dict:
+            self._resume_at = (state_dict["epoch"], state_dict["samples_done"])
+            # Lightning warns that a mid-epoch resume repeats batches; this sampler skips them.
+            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -349,3 +359,14 @@ class ImageDataModule(L.LightningDataModule):
             flat = images.flatten(2)
             images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
         return images, labels
+
+
+def _remove_new_files(folder: Path, existing: set[Path]) -> None:
+    """Delete what appeared under ``folder`` since ``existing`` was listed, deepest first."""
+    if not folder.exists():
+        return
+    for path in sorted(set(folder.rglob("*")) - existing, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Sources, splits, classes, augmentation placement and the pixel permutation."""
+"""Sources, splits, classes, samplers, augmentation placement and the pixel permutation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torchvision.datasets import CIFAR10
 from datamodules import CIFAR10DataModule
 from datamodules.image_datamodule import split_indices
 from datamodules.image_folder import DataError
+from datamodules.sampling import EvalShardSampler, ResumableShuffleSampler
 from tests.conftest import write_image_folder
 
 
@@ -156,3 +157,35 @@ def test_torchvision_format_is_read_with_its_own_class_names(tmp_path):
     assert dm.train_set.images.dtype == torch.uint8
     dm.setup("test")
     assert len(dm.test_set) == 5
+
+
+def test_resumed_sampler_continues_the_interrupted_epoch_where_it_stopped():
+    straight = ResumableShuffleSampler(range(50), seed=3)
+    straight.set_epoch(2)
+    resumed = ResumableShuffleSampler(range(50), seed=3)
+    resumed.resume_at(epoch=2, samples_done=16)
+    assert list(resumed) == list(straight)[16:]
+    resumed.set_epoch(3)  # later epochs are whole again
+    straight.set_epoch(3)
+    assert list(resumed) == list(straight)
+    at_epoch_end = ResumableShuffleSampler(range(50), seed=3)
+    at_epoch_end.resume_at(epoch=2, samples_done=50)
+    assert list(at_epoch_end) == list(straight)  # epoch 3, from its start
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    def order(seed, epoch):
+        sampler = ResumableShuffleSampler(range(50), seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
+    assert sorted(order(0, 1)) == list(range(50))
+
+
+@pytest.mark.parametrize("size", [12, 13])
+def test_eval_shards_cover_every_sample_once_without_padding(size):
+    shards = [list(EvalShardSampler(range(size), num_replicas=2, rank=rank)) for rank in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(size))
+    assert [len(EvalShardSampler(range(size), num_replicas=2, rank=rank)) for rank in (0, 1)] == list(map(len, shards))
