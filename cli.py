@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
     AtomicCheckpointIO,
-    InterruptCheckpoint,
+    LastCheckpoint,
     RNGStateCheckpoint,
     RunRecorder,
     StopOnNonFiniteLoss,
@@ -43,10 +43,6 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("num_classes", "input_shape", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-        # Lightning's save_last writes last.ckpt only when a top-k save happens at
-        # the same step, so a run whose val/acc stops improving would resume from a
-        # stale epoch. A second, unmonitored checkpoint named "last" is rewritten
-        # at every epoch end instead.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -57,14 +53,7 @@ class ProjectCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
             }
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults(
-            {
-                "last_checkpoint.filename": "last",
-                "last_checkpoint.save_top_k": 1,
-                "last_checkpoint.enable_version_counter": False,
-            }
-        )
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -138,7 +127,7 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [RNGStateCheckpoint(), RunRecorder(), InterruptCheckpoint(), StopOnNonFiniteLoss()]
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss()]
             },
             args=args,
         )

@@ -1,6 +1,6 @@
 """Cross-cutting training behaviour: side effects only, resumable state in ``state_dict``."""
 
-from callbacks.fault_tolerance import AtomicCheckpointIO, InterruptCheckpoint, StopOnNonFiniteLoss
+from callbacks.fault_tolerance import AtomicCheckpointIO, LastCheckpoint, StopOnNonFiniteLoss
 from callbacks.interpretability import InterpretabilityDumps
 from callbacks.loss_plots import LossPlots
 from callbacks.rng_state import RNGStateCheckpoint
@@ -10,7 +10,7 @@ from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 __all__ = [
     "AtomicCheckpointIO",
     "InterpretabilityDumps",
-    "InterruptCheckpoint",
+    "LastCheckpoint",
     "LossPlots",
     "ProgressiveUnfreeze",
     "RNGStateCheckpoint",

@@ -3,18 +3,19 @@
 - ``AtomicCheckpointIO`` writes each checkpoint to a temporary file in the same
   folder and renames it over the target: a save interrupted half-way (killed
   job, full disk) leaves the previous ``last.ckpt`` intact and no partial file.
-- ``InterruptCheckpoint`` saves ``interrupted.ckpt`` when fit stops on an
-  exception, SIGTERM or Ctrl-C, so the weights of the unfinished epoch are
-  kept for inspection. ``--ckpt_path last`` resumes from ``last.ckpt``, written
-  at the last epoch end: Lightning cannot resume a map-style loader mid-epoch
-  exactly, and an epoch boundary resumes bit-exactly (RNG state included).
+  It refuses to write NaN/Inf weights over a good file.
+- ``LastCheckpoint`` is ``last.ckpt``: rewritten at every epoch end and, when
+  fit stops on an exception (SIGTERM, Ctrl-C, a crash), at the step it stopped.
+  The datamodule's sampler resumes mid-epoch at the next unseen batch, so
+  ``--ckpt_path last`` loses no finished step.
 - ``StopOnNonFiniteLoss`` stops at the first NaN/Inf loss, before its backward
-  pass can reach the weights, so no checkpoint holds NaN weights.
+  pass can reach the weights.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,38 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-__all__ = ["AtomicCheckpointIO", "InterruptCheckpoint", "NonFiniteLossError", "StopOnNonFiniteLoss"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "NonFiniteLossError", "StopOnNonFiniteLoss", "non_finite_weights"]
+
+
+def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace``."""
+    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace``; never NaN weights."""
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}.")
+        broken = non_finite_weights(checkpoint.get("state_dict", {}))
+        if broken:  # e.g. BatchNorm statistics of the step that diverged
+            rank_zero_warn(f"Not writing {path}: {broken[:3]} hold NaN/Inf values; the previous file is kept.")
+            return
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):
+            super().save_checkpoint(checkpoint, path)  # object stores replace whole objects anyway
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -49,42 +69,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(temporary)
 
 
-class InterruptCheckpoint(L.Callback):
-    """Save ``interrupted.ckpt`` beside the other checkpoints when fit stops on an exception."""
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, monitoring nothing: rewritten every epoch and where fit stops on an exception.
 
-    filename = "interrupted.ckpt"
+    Lightning's ``save_last`` only follows top-k saves, so a run whose metric
+    stops improving would resume from a stale epoch.
+
+    Args:
+        filename: File name without ``.ckpt``.
+        save_on_exception: Also save when fit stops on an exception, SIGTERM and Ctrl-C included.
+        **kwargs: Passed to ``ModelCheckpoint``.
+    """
+
+    def __init__(self, filename: str = "last", save_on_exception: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_top_k", 1)
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(filename=filename, save_on_exception=save_on_exception, **kwargs)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn != "fit" or trainer.checkpoint_callback is None or trainer.sanity_checking:
+        if trainer.state.fn != "fit":
             return
-        # Saving is collective under DDP; only a SIGTERM (synchronised across ranks
-        # by Lightning) is sure to reach every rank, any other error may be one rank's.
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+        # Saving is collective under DDP: only SIGTERM, which Lightning raises on
+        # every rank at the same step, is sure to reach all of them.
         if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
             return
-        directory = trainer.checkpoint_callback.dirpath
-        if directory is None:
-            return
-        path = Path(directory) / self.filename
-        if not _all_finite(pl_module):  # e.g. BatchNorm statistics of the step that diverged
-            rank_zero_warn(f"Not saving {path}: the model holds NaN/Inf values. Resume from last.ckpt.")
+        if non_finite_weights(pl_module.state_dict()):  # the step that diverged already reached BatchNorm
+            rank_zero_warn(f"Not saving {self.format_checkpoint_name({})} at step {trainer.global_step}: the model "
+                           "holds NaN/Inf values; the file keeps the last good state.")
             return
         try:
-            trainer.save_checkpoint(path)
+            super().on_exception(trainer, pl_module, exception)
         except Exception as error:  # never hide the original exception behind a failed save
-            rank_zero_warn(f"Could not save {path} after {type(exception).__name__}: {error}")
+            rank_zero_warn(f"Could not save {self.format_checkpoint_name({})} after {type(exception).__name__}: {error}")
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self._last_global_step_saved == trainer.global_step:
             print(
                 f"\n{type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                f"weights saved to {path}.\nResume with --ckpt_path last (the last finished epoch, {directory}/last.ckpt)."
+                f"saved {self.format_checkpoint_name({})}.\nHINT: resume with the same command plus --ckpt_path last.",
+                file=sys.stderr,
             )
-
-
-def _all_finite(module: torch.nn.Module) -> bool:
-    return all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
 
 
 class NonFiniteLossError(RuntimeError):

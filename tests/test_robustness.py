@@ -39,18 +39,21 @@ def _assert_same_weights(actual: dict, expected: dict) -> None:
         assert torch.equal(value, expected[key]), key
 
 
+def _straight_run(run_cli, tiny_data, workers: int = 0):
+    return run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                   "--data.num_workers", workers, "--trainer.logger.init_args.name", f"straight{workers}")
+
+
 def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path):
-    straight = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
-                       "--trainer.logger.init_args.name", "straight")
+    straight = _straight_run(run_cli, tiny_data)
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
                           "--trainer.logger.init_args.name", "preempted",
                           "--trainer.callbacks+=tests.fault_helpers.SigtermAtStep",
                           "--trainer.callbacks.init_args.step", 6)
     assert result.returncode == 143, result.stderr[-2000:]
-    checkpoints = tmp_path / "lightning_logs/preempted/version_0/checkpoints"
-    interrupted = torch.load(checkpoints / "interrupted.ckpt", weights_only=True)
-    assert interrupted["global_step"] == 6
-    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4  # the last finished epoch
+    assert "--ckpt_path last" in result.stderr
+    last = tmp_path / "lightning_logs/preempted/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6  # mid-epoch 1: nothing trained is lost
 
     resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
                       "--trainer.logger.init_args.name", "preempted", "--ckpt_path", "last")
@@ -58,16 +61,20 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
     _assert_same_weights(_weights(resumed.model), _weights(straight.model))
 
 
-@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c", "exception"])
-def test_a_crash_mid_epoch_leaves_resumable_checkpoints(tiny_data, run_cli, tmp_path, ctrl_c):
+@pytest.mark.parametrize(("ctrl_c", "workers"), [(True, 0), (False, 2)], ids=["ctrl-c", "exception-2-workers"])
+def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers):
+    straight = _straight_run(run_cli, tiny_data, workers)
     with pytest.raises((SystemExit, RuntimeError)):
-        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--data.num_workers", workers,
                 "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 6,
                 "--trainer.callbacks.init_args.ctrl_c", str(ctrl_c).lower())
-    checkpoints = tmp_path / "lightning_logs/cnn/version_0/checkpoints"
-    assert torch.load(checkpoints / "interrupted.ckpt", weights_only=True)["global_step"] == 6
-    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--ckpt_path", "last")
+    assert "HINT: resume with the same command plus --ckpt_path last" in capsys.readouterr().err
+    last = tmp_path / "lightning_logs/cnn/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                      "--data.num_workers", workers, "--ckpt_path", "last")
     assert resumed.trainer.global_step == 12
+    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
 
 
 def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -86,6 +93,31 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
+def test_a_full_disk_during_training_keeps_last_ckpt_loadable(tiny_data, run_cli, tmp_path, monkeypatch):
+    run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 1)
+    checkpoints = tmp_path / "lightning_logs/cnn/version_0/checkpoints"
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fault_tolerance.torch, "save", full_disk)
+    with pytest.warns(UserWarning, match="Could not save"), pytest.raises(OSError, match="No space left"):
+        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2, "--ckpt_path", "last")
+    monkeypatch.undo()
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_non_finite_weights_are_never_written_over_a_good_checkpoint(tmp_path):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    with pytest.warns(UserWarning, match="NaN"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 0.0])}}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
 def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli, tmp_path):
     fit = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2)
     assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -99,9 +131,7 @@ def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli,
     assert model.hparams.num_classes == 3
 
 
-# num_workers 0 only: with workers, the first resumed epoch is fetched before Lightning restores the epoch
-# counter (see docs/robustness.md).
-@pytest.mark.parametrize("workers", [0])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
     common = [*tiny_args(CNN, tiny_data), *SMALL, "--data.num_workers", workers]
     straight = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
@@ -118,8 +148,9 @@ def test_a_nan_loss_stops_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_pat
     assert result.returncode == 1
     assert "global step 6" in result.stderr and "learning rate" in result.stderr and "HINT:" in result.stderr
     checkpoints = list((tmp_path / "lightning_logs").rglob("*.ckpt"))
-    # last and best from epoch 0; no interrupted.ckpt: that step's forward already put NaN in BatchNorm.
     assert sorted(p.name.split("-")[0] for p in checkpoints) == ["best", "last.ckpt"]
+    # last.ckpt stays at the end of epoch 0: that step's forward already put NaN in BatchNorm.
+    assert torch.load(checkpoints[0].parent / "last.ckpt", weights_only=True)["global_step"] == 4
     for path in checkpoints:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
@@ -204,7 +235,9 @@ def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, tmp_p
 
 
 def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
-    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2,
+    # 13 validation images do not split evenly over 2 ranks: a padded shard would count one twice.
+    odd = ["--data.val_size", 13]
+    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--trainer.max_epochs", 2,
                           "--trainer.devices", 2, "--trainer.strategy", "ddp", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "lightning_logs" / "cnn").iterdir())
@@ -215,6 +248,6 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     events = EventAccumulator(str(runs[0]))
     events.Reload()
     logged = events.Scalars("val/acc")[-1].value
-    single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, "--ckpt_path",
+    single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--ckpt_path",
                      runs[0] / "checkpoints" / "last.ckpt")
     assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
