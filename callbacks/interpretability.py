@@ -92,8 +92,10 @@ class InterpretabilityDumps(L.Callback):
     * ``gradcam/all_layers``: per probe, the image (true and predicted class),
       Grad-CAM of each of ``layers`` (low to high) overlaid, then guided
       backpropagation, deconvolution and guided Grad-CAM (last layer).
-    * ``features/probe<i>``: the top ``feature_top_k`` channels by mean
-      activation of each layer, for the first ``feature_images`` probes.
+    * ``gradcam/<layer>`` (``gradcam/conv3``, ``gradcam/layer4``): that
+      layer's Grad-CAM on every probe, titled with true and predicted class.
+    * ``features/<layer>``: the first ``feature_images`` probes, each followed
+      by the layer's top ``feature_top_k`` channels by mean activation.
     * ``features/top_channels``: the last layer's 3 strongest channels
       overlaid on each probe (the source's "attention" maps).
     * ``attention/channel``: SE/CBAM channel gates (models with them).
@@ -115,7 +117,7 @@ class InterpretabilityDumps(L.Callback):
         methods: Input-resolution methods beside Grad-CAM, a subset of
             ``guided_backprop``, ``deconvolution``, ``guided_gradcam``.
         feature_top_k: Channels per layer in the feature-map pictures.
-        feature_images: Probes that get a feature-map picture (each costs a figure).
+        feature_images: Probes shown in each layer's feature-map picture (a row each).
         attention: Draw SE/CBAM gates when the model has them.
         save_png: Also write PNG files during ``fit``.
     """
@@ -135,7 +137,12 @@ class InterpretabilityDumps(L.Callback):
             raise ValueError(
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
-        counts = {"every_n_epochs": every_n_epochs, "probes_per_class": probes_per_class, "feature_top_k": feature_top_k}
+        counts = {
+            "every_n_epochs": every_n_epochs,
+            "probes_per_class": probes_per_class,
+            "feature_top_k": feature_top_k,
+            "feature_images": feature_images,
+        }
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name}={value} must be at least 1.\nHINT: e.g. {name}: 1.")

@@ -16,13 +16,22 @@ import explain
 from callbacks import InterpretabilityDumps
 from lightning_modules.cnn import CNNSEClassifier
 from tests.conftest import REPO
-from tests.pictures_helpers import assert_picture, tensorboard_images, tiny_datamodule, tiny_trainer
+from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
 from visualization.attributions import gradcam, resolve_layers
 from visualization.pictures import picture_tags, render_pictures
 
 LAYERS = ["conv1", "conv2", "conv3"]
-TAGS = picture_tags(feature_images=1, channel_attention=True)
+TAGS = picture_tags(LAYERS, channel_attention=True)
 STEPS_PER_EPOCH = 4
+# (rows, cells per row) of each image grid for 3 probes and the defaults: the
+# comparison has image + 3 layers + 3 methods per probe, a layer's Grad-CAM
+# one overlay per probe, its feature maps the first probe + its 8 top channels.
+GRIDS = {
+    "gradcam/all_layers": (3, 7),
+    **{f"gradcam/{name}": (1, 3) for name in LAYERS},
+    **{f"features/{name}": (1, 9) for name in LAYERS},
+    "features/top_channels": (3, 4),
+}
 
 
 def _fit(log_dir: Path, data: Path, callbacks: list) -> tuple[L.Trainer, CNNSEClassifier]:
@@ -49,14 +58,28 @@ def fitted(tiny_data, tmp_path_factory):
 def test_every_tag_each_epoch_with_readable_pictures(fitted):
     _, _, _, _, run = fitted
     images = tensorboard_images(run)
-    assert set(TAGS) <= set(images)
+    assert set(images) == set(TAGS) == {*GRIDS, "attention/channel"}
     for tag in TAGS:
         # one dump per epoch; the end of fit falls on the last epoch's step and is not repeated
         assert [step for step, _ in images[tag]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH], tag
         for _, pixels in images[tag]:
             assert_picture(pixels)
-    # 3 probes x (image + 3 layers + 3 methods) cells of 160 px
-    assert images["gradcam/all_layers"][0][1].shape[:2] == (3 * 160 + 20, 7 * 160)
+            if tag in GRIDS:  # every 32x32 image cell is there at 128 px and shows something
+                cells = grid_cells(pixels, *GRIDS[tag])
+                assert all(cell.std() > 1.0 for row in cells for cell in row), tag
+
+
+def test_per_layer_gradcam_tags_show_that_layer(fitted):
+    """``gradcam/<layer>`` holds the same overlays as that layer's column of the comparison, and layers differ."""
+    _, _, _, _, run = fitted
+    images = tensorboard_images(run)
+    for step in (0, 1):
+        compared = grid_cells(images["gradcam/all_layers"][step][1], *GRIDS["gradcam/all_layers"])
+        per_layer = {name: grid_cells(images[f"gradcam/{name}"][step][1], 1, 3)[0] for name in LAYERS}
+        for column, name in enumerate(LAYERS, start=1):
+            for probe in range(3):
+                assert np.array_equal(per_layer[name][probe], compared[probe][column]), (name, probe)
+        assert not np.array_equal(per_layer["conv1"][0], per_layer["conv3"][0])
 
 
 def test_probes_are_the_first_image_of_each_class_and_kept_in_the_checkpoint(fitted, tiny_data):
@@ -113,6 +136,12 @@ def test_a_misspelt_layer_fails_before_training_and_names_the_valid_ones(tiny_da
     assert trainer.global_step == 0
 
 
+@pytest.mark.parametrize("count", ["every_n_epochs", "probes_per_class", "feature_top_k", "feature_images"])
+def test_counts_below_one_fail_at_construction(count):
+    with pytest.raises(ValueError, match=f"{count}=0 must be at least 1"):
+        InterpretabilityDumps(LAYERS, **{count: 0})
+
+
 class _FailingBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -158,8 +187,10 @@ def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
     base = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS]
     assert explain.main([*base, "--out", str(tmp_path / "probes")]) == 0  # the stored probe set
-    for name in ("gradcam_all_layers.png", "features_probe2.png", "attention_channel.png"):
-        assert_picture(np.asarray(Image.open(tmp_path / "probes" / name).convert("RGB")))
+    for tag in TAGS:
+        assert_picture(np.asarray(Image.open(tmp_path / "probes" / f"{tag.replace('/', '_')}.png").convert("RGB")))
+    features = np.asarray(Image.open(tmp_path / "probes/features_conv3.png").convert("RGB"))
+    grid_cells(features, 3, 9)  # explain.py shows the feature maps of every image
 
     own = tmp_path / "own"
     (own / "cat").mkdir(parents=True)
