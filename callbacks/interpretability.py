@@ -9,7 +9,8 @@ images. The callback only gathers the probe images and publishes the pictures;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -212,18 +213,19 @@ class InterpretabilityDumps(L.Callback):
             return
         if self.probe_images is None and not self._choose_probes(trainer, pl_module):
             return
-        pictures = render_pictures(
-            pl_module,
-            self._model_view(trainer, self.probe_images),
-            self.probe_labels,
-            self.classes,
-            self.layers,
-            layer_root=_net(pl_module),
-            methods=self.methods,
-            feature_top_k=self.feature_top_k,
-            feature_images=self.feature_images,
-            attention=self.attention,
-        )
+        with _one_thread():
+            pictures = render_pictures(
+                pl_module,
+                self._model_view(trainer, self.probe_images),
+                self.probe_labels,
+                self.classes,
+                self.layers,
+                layer_root=_net(pl_module),
+                methods=self.methods,
+                feature_top_k=self.feature_top_k,
+                feature_images=self.feature_images,
+                attention=self.attention,
+            )
         for tag, image in pictures.items():
             log_picture(trainer, tag, image, trainer.global_step, folder)
         self.last_step = trainer.global_step
@@ -250,6 +252,23 @@ class InterpretabilityDumps(L.Callback):
             flat = x.flatten(2)
             x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
         return x
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One CPU thread for the dumps, restored after.
+
+    A probe batch (about 10 small images) gains little from torch's thread
+    pool, and where cores are shared with other processes the pool's threads
+    wait on each other: on a busy two-core machine one thread drew the
+    pictures several times faster than two. Training never sees the change.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _net(pl_module: nn.Module) -> nn.Module:
