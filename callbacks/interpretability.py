@@ -100,7 +100,7 @@ class InterpretabilityDumps(L.Callback):
     * ``features/top_channels``: the last layer's 3 strongest channels
       overlaid on each probe (the source's "attention" maps).
     * ``attention/channel``: SE/CBAM channel gates (models with them).
-    * ``attention/spatial``: CBAM spatial gates overlaid (CBAM models).
+    * ``attention/spatial``: CBAM spatial gates overlaid on each probe (CBAM models).
 
     PNG files named after the tags go to ``<log dir>/pictures/<stage>/`` under
     ``validate``/``test``/``predict``, and under ``fit`` when ``save_png``.

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from tests.pictures_helpers import grid_cells as cells
 from visualization.figures import (
     GRID_PAD,
-    attention_figure,
+    channel_gates_figure,
     denormalize,
     epoch_curves_figure,
     feature_maps_grid,
@@ -21,6 +21,7 @@ from visualization.figures import (
     image_grid,
     layer_gradcam_grid,
     loss_curve_figure,
+    spatial_gates_grid,
     top_channels_grid,
 )
 
@@ -184,13 +185,26 @@ def test_top_channels_grid(images):
     assert all(cell.std() > 1 for row in cells(picture, 2, 4, 128) for cell in row)
 
 
-def test_attention_figure_with_and_without_maps(images):
-    channel = {"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.5)}
-    spatial = {"cbam1": torch.rand(2, 1, 8, 8), "cbam2": torch.zeros(2, 4, 4)}
-    image = render(attention_figure(images, channel, spatial, [0, 1], [0, 0], CLASSES))
-    assert image.std() > 0
-    render(attention_figure(images, channel, {}))
-    render(attention_figure(images, {}, spatial))
+def test_channel_gates_figure_draws_a_strip_per_block():
+    fig = channel_gates_figure({"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.5)})
+    strips = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in strips] == ["se1", "se2"]
+    assert strips[1].get_title().endswith("mean 0.50, std 0.000")
+    assert render(fig).std() > 0
+
+
+def test_spatial_gates_grid_colours_gates_on_a_fixed_scale(images):
+    passing = torch.full((2, 4, 4), 0.99)
+    passing[:, 0, 0] = 0.98
+    spatial = {"cbam1": torch.rand(2, 1, 8, 8), "cbam2": passing}
+    image, some, everything = cells(spatial_gates_grid(images, spatial, [0, 1], [0, 0], CLASSES), 2, 3, 128)[0]
+    assert some.std() > 1
+
+    def redness(cell: np.ndarray) -> float:
+        return float(cell[..., 0].mean() - cell[..., 2].mean())
+
+    # gates near 1 everywhere: "passes everything" turns the whole image red, not blue..red contrast
+    assert redness(everything) - redness(image) > 40
 
 
 def test_all_zero_inputs_give_blank_finite_grids():

@@ -15,10 +15,11 @@ from torch import nn
 import explain
 from callbacks import InterpretabilityDumps
 from lightning_modules.cnn import CNNSEClassifier
+from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO
 from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
 from visualization.attributions import gradcam, resolve_layers
-from visualization.pictures import picture_tags, render_pictures
+from visualization.pictures import attention_gates, picture_tags, render_pictures
 
 LAYERS = ["conv1", "conv2", "conv3"]
 TAGS = picture_tags(LAYERS, channel_attention=True)
@@ -180,6 +181,18 @@ def test_zero_gradients_give_blank_finite_pictures():
     assert all(torch.equal(cam, torch.zeros_like(cam)) for cam in cams.values())
     pictures = render_pictures(model, images, [0, 1, 2], ["a", "b", "c"], LAYERS, layer_root=model.net)
     assert set(pictures) == set(TAGS)
+
+
+def test_cbam_models_get_their_spatial_gates_drawn():
+    torch.manual_seed(0)
+    model = ResNet18CBAMClassifier(num_classes=3)
+    layers = ["layer1", "layer4"]
+    pictures = render_pictures(model, torch.rand(2, 3, 32, 32), [0, 1], ["a", "b", "c"], layers, layer_root=model.net)
+    assert list(pictures) == picture_tags(layers, channel_attention=True, spatial_attention=True)
+    blocks = [name for name in attention_gates(model.net) if name.endswith("spatial.gate")]
+    assert len(blocks) == 4  # cbam.layer1 .. cbam.layer4: the image, then one overlay each
+    for row in grid_cells(pictures["attention/spatial"], 2, 1 + len(blocks)):
+        assert all(cell.std() > 1.0 for cell in row)
 
 
 def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):

@@ -38,7 +38,7 @@ from torch import Tensor
 
 __all__ = [
     "GRID_PAD",
-    "attention_figure",
+    "channel_gates_figure",
     "denormalize",
     "epoch_curves_figure",
     "feature_maps_grid",
@@ -48,6 +48,7 @@ __all__ = [
     "image_grid",
     "layer_gradcam_grid",
     "loss_curve_figure",
+    "spatial_gates_grid",
     "top_channels_grid",
 ]
 
@@ -457,7 +458,7 @@ def _strongest_channels(
     if activations.dim() != 4:
         raise ValueError(
             f"Activations of shape {tuple(activations.shape)} are not feature maps [N, C, h, w].\n"
-            "HINT: pick a conv layer or block; show channel gates with attention_figure."
+            "HINT: pick a conv layer or block; show channel gates with channel_gates_figure."
         )
     cells, captions = [], []
     for i in range(images.shape[0]):
@@ -469,60 +470,60 @@ def _strongest_channels(
     return image_grid(cells, captions)
 
 
-def attention_figure(
+def spatial_gates_grid(
     images: Tensor,
-    channel_weights: Mapping[str, Tensor],
     spatial_maps: Mapping[str, Tensor],
-    labels: Sequence[int] | Tensor | None = None,
-    preds: Sequence[int] | Tensor | None = None,
-    classes: Sequence[str] | None = None,
-) -> Figure:
-    """What SE/CBAM attention does: channel gates and spatial gates.
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    classes: Sequence[str],
+) -> np.ndarray:
+    """What CBAM's spatial attention passes: per image, the image then each block's gate overlaid.
 
-    Top: one row per image, the image then each CBAM spatial map overlaid
-    (only when there are spatial maps: channel strips alone need no images).
-    Below: one panel per channel-attention layer, a heat strip of its gates
-    (rows: images, columns: channels, 0 to 1). Gates stuck near 0.5 with a
-    tiny spread mean the attention has not learned anything yet.
+    Gates are absolute (0: blocked, 1: passed), so they are coloured on a
+    fixed 0..1 scale (jet: blue blocked, red passed): a map near 1 everywhere
+    reads as "passes everything", not as contrast. Captions give each map's
+    mean and spread.
 
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
+        spatial_maps: ``{layer: [N, h, w]}`` sigmoid gates (``[N, 1, h, w]``
+            is accepted), upsampled to the image.
+        labels: True class per image.
+        preds: Predicted class per image.
+        classes: Class names, indexed by class.
+
+    Returns:
+        ``uint8 [H, W, 3]``, one row per image.
+    """
+    n = images.shape[0]
+    maps = {name: gates.detach().float().reshape(n, *gates.shape[-2:]) for name, gates in spatial_maps.items()}
+    cells, captions = [], []
+    for i in range(n):
+        overlays = [heatmap_overlay(images[i], gates[i], value_range=(0.0, 1.0)) for gates in maps.values()]
+        cells.append([_image_hwc(images[i]), *overlays])
+        captions.append([_true_pred(labels[i], preds[i], classes), *(_gate_title(k, g[i]) for k, g in maps.items())])
+    return image_grid(cells, captions)
+
+
+def channel_gates_figure(channel_weights: Mapping[str, Tensor]) -> Figure:
+    """What SE/CBAM channel attention does: one heat strip of gates per block.
+
+    Rows are images, columns channels, colours the gate from 0 to 1. Gates
+    stuck near 0.5 with a tiny spread mean the attention has not learned
+    anything yet.
+
+    Args:
         channel_weights: ``{layer: [N, C]}`` sigmoid gates (``[N, C, 1, 1]``
             is accepted).
-        spatial_maps: ``{layer: [N, h, w]}`` sigmoid gates (``[N, 1, h, w]``
-            is accepted), upsampled to the image and coloured on a fixed
-            0..1 scale (jet: blue blocked, red passed), so a map near 1
-            everywhere reads as "passes everything", not as contrast.
-        labels: True class per image, for titles (optional).
-        preds: Predicted class per image, for titles (optional).
-        classes: Class names; indices are shown without them.
 
     Returns:
         The figure.
     """
-    n = images.shape[0]
-    spatial = {k: v.detach().float().reshape(n, *v.shape[-2:]) for k, v in spatial_maps.items()}
-    channel = {k: v.detach().float().reshape(n, -1) for k, v in channel_weights.items()}
-    ncols = 1 + len(spatial)
-    # Channel strips get a short row each; image rows are square cells.
-    image_rows = n if spatial or not channel else 0
-    heights = [1.0] * image_rows + [0.6] * len(channel)
-    fig = _new_figure(_CELL * 1.2 * max(ncols, 3), _CELL * 1.2 * sum(heights) + 0.3)
-    grid = fig.add_gridspec(len(heights), ncols, height_ratios=heights)
-    for i in range(image_rows):
-        title = "image"
-        if labels is not None and preds is not None:
-            title = _true_pred(labels[i], preds[i], classes)
-        _show(fig.add_subplot(grid[i, 0]), _image_hwc(images[i]), title)
-        for j, (name, maps) in enumerate(spatial.items(), start=1):
-            ax = fig.add_subplot(grid[i, j])
-            # Gates are absolute (0: blocked, 1: passed), so a fixed range.
-            overlay = heatmap_overlay(images[i], maps[i], value_range=(0.0, 1.0))
-            _show(ax, overlay, _gate_title(name, maps[i]))
-    for r, (name, weights) in enumerate(channel.items(), start=image_rows):
-        ax = fig.add_subplot(grid[r, :])
-        strip = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                          interpolation="nearest")
+    fig = _new_figure(_CELL * 1.2 * 3, _CELL * 1.2 * 0.6 * max(len(channel_weights), 1) + 0.3)
+    for r, (name, gates) in enumerate(channel_weights.items(), start=1):
+        weights = gates.detach().float().reshape(gates.shape[0], -1)
+        ax = fig.add_subplot(len(channel_weights), 1, r)
+        strip = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(_gate_title(name, weights), fontsize=8)
         ax.set_ylabel("image", fontsize=7)
         ax.set_xlabel("channel", fontsize=7)
@@ -540,15 +541,6 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _show(ax: Axes, rgb: np.ndarray, title: str | None) -> None:
-    """Draw an RGB image with no ticks."""
-    ax.imshow(rgb, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8)
 
 
 def _image_hwc(image: Tensor) -> np.ndarray:

@@ -28,11 +28,12 @@ from visualization.attributions import (
     resolve_layers,
 )
 from visualization.figures import (
-    attention_figure,
+    channel_gates_figure,
     feature_maps_grid,
     figure_to_image,
     gradcam_grid,
     layer_gradcam_grid,
+    spatial_gates_grid,
     top_channels_grid,
 )
 
@@ -167,9 +168,9 @@ def render_pictures(
     channel = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] == (1, 1)}
     spatial = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] != (1, 1)}
     if channel:
-        pictures["attention/channel"] = figure_to_image(attention_figure(shown, channel, {}, labels, preds, classes))
+        pictures["attention/channel"] = figure_to_image(channel_gates_figure(channel))
     if spatial:
-        pictures["attention/spatial"] = figure_to_image(attention_figure(shown, {}, spatial, labels, preds, classes))
+        pictures["attention/spatial"] = spatial_gates_grid(shown, spatial, labels, preds, classes)
     return pictures
 
 
