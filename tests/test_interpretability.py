@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import explain
-from callbacks import InterpretabilityDumps
+from callbacks import InterpretabilityDumps, interpretability
 from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO
@@ -121,6 +121,25 @@ def test_predict_draws_under_inference_mode(fitted, tiny_data, tmp_path):
     assert all(len(images[tag]) == 1 for tag in TAGS)
     for tag in TAGS:
         assert (tmp_path / f"run/version_0/pictures/predict/{tag.replace('/', '_')}.png").is_file()
+
+
+def test_pictures_are_drawn_on_one_thread_and_the_count_restored(fitted, tiny_data, tmp_path, monkeypatch):
+    _, model, dumps, _, _ = fitted
+    seen = []
+    draw = interpretability.render_pictures
+
+    def counting_threads(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(interpretability, "render_pictures", counting_threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiny_trainer(tmp_path, [dumps]).predict(model, tiny_datamodule(tiny_data))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_no_dumps_during_the_sanity_check_or_without_an_output(tiny_data, tmp_path):
