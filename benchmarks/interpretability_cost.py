@@ -9,7 +9,10 @@ twice on the same data: without picture callbacks, then with
 not buried in the run-to-run noise of a shared machine. ``--limit`` keeps that
 many training images per class (the dumps cost the same at any data size; the
 epoch shrinks), and the table extrapolates the share to the full 50,000 images.
-``--no-augment`` trains without augmentation. The goal is under 3 % of an epoch.
+``--no-augment`` trains without augmentation. ``--threads`` sets torch's CPU
+threads for the whole run (both epochs): on cores shared with other processes,
+two threads wait on each other and an epoch can take ten times as long, which
+would shrink the share for the wrong reason. The goal is under 3 % of an epoch.
 """
 
 from __future__ import annotations
@@ -102,7 +105,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/cifar10-jpg")
     parser.add_argument("--limit", type=int, help="training images per class (default: all)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for both epochs (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         data = subset(args.data, args.limit, Path(tmp) / "data") if args.limit else args.data

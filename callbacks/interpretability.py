@@ -9,7 +9,8 @@ images. The callback only gathers the probe images and publishes the pictures;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -92,12 +93,14 @@ class InterpretabilityDumps(L.Callback):
     * ``gradcam/all_layers``: per probe, the image (true and predicted class),
       Grad-CAM of each of ``layers`` (low to high) overlaid, then guided
       backpropagation, deconvolution and guided Grad-CAM (last layer).
-    * ``features/probe<i>``: the top ``feature_top_k`` channels by mean
-      activation of each layer, for the first ``feature_images`` probes.
+    * ``gradcam/<layer>`` (``gradcam/conv3``, ``gradcam/layer4``): that
+      layer's Grad-CAM on every probe, titled with true and predicted class.
+    * ``features/<layer>``: the first ``feature_images`` probes, each followed
+      by the layer's top ``feature_top_k`` channels by mean activation.
     * ``features/top_channels``: the last layer's 3 strongest channels
       overlaid on each probe (the source's "attention" maps).
     * ``attention/channel``: SE/CBAM channel gates (models with them).
-    * ``attention/spatial``: CBAM spatial gates overlaid (CBAM models).
+    * ``attention/spatial``: CBAM spatial gates overlaid on each probe (CBAM models).
 
     PNG files named after the tags go to ``<log dir>/pictures/<stage>/`` under
     ``validate``/``test``/``predict``, and under ``fit`` when ``save_png``.
@@ -115,7 +118,7 @@ class InterpretabilityDumps(L.Callback):
         methods: Input-resolution methods beside Grad-CAM, a subset of
             ``guided_backprop``, ``deconvolution``, ``guided_gradcam``.
         feature_top_k: Channels per layer in the feature-map pictures.
-        feature_images: Probes that get a feature-map picture (each costs a figure).
+        feature_images: Probes shown in each layer's feature-map picture (a row each).
         attention: Draw SE/CBAM gates when the model has them.
         save_png: Also write PNG files during ``fit``.
     """
@@ -135,7 +138,12 @@ class InterpretabilityDumps(L.Callback):
             raise ValueError(
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
-        counts = {"every_n_epochs": every_n_epochs, "probes_per_class": probes_per_class, "feature_top_k": feature_top_k}
+        counts = {
+            "every_n_epochs": every_n_epochs,
+            "probes_per_class": probes_per_class,
+            "feature_top_k": feature_top_k,
+            "feature_images": feature_images,
+        }
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name}={value} must be at least 1.\nHINT: e.g. {name}: 1.")
@@ -205,18 +213,19 @@ class InterpretabilityDumps(L.Callback):
             return
         if self.probe_images is None and not self._choose_probes(trainer, pl_module):
             return
-        pictures = render_pictures(
-            pl_module,
-            self._model_view(trainer, self.probe_images),
-            self.probe_labels,
-            self.classes,
-            self.layers,
-            layer_root=_net(pl_module),
-            methods=self.methods,
-            feature_top_k=self.feature_top_k,
-            feature_images=self.feature_images,
-            attention=self.attention,
-        )
+        with _one_thread():
+            pictures = render_pictures(
+                pl_module,
+                self._model_view(trainer, self.probe_images),
+                self.probe_labels,
+                self.classes,
+                self.layers,
+                layer_root=_net(pl_module),
+                methods=self.methods,
+                feature_top_k=self.feature_top_k,
+                feature_images=self.feature_images,
+                attention=self.attention,
+            )
         for tag, image in pictures.items():
             log_picture(trainer, tag, image, trainer.global_step, folder)
         self.last_step = trainer.global_step
@@ -243,6 +252,23 @@ class InterpretabilityDumps(L.Callback):
             flat = x.flatten(2)
             x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
         return x
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One CPU thread for the dumps, restored after.
+
+    A probe batch (about 10 small images) gains little from torch's thread
+    pool, and where cores are shared with other processes the pool's threads
+    wait on each other: on a busy two-core machine one thread drew the
+    pictures several times faster than two. Training never sees the change.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _net(pl_module: nn.Module) -> nn.Module:

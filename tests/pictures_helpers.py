@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from datamodules import CIFAR10DataModule
+from visualization.figures import GRID_PAD
 
 
 def tiny_datamodule(data: Path) -> CIFAR10DataModule:
@@ -49,3 +50,19 @@ def assert_picture(pixels: np.ndarray, min_side: int = 100) -> None:
     assert pixels.ndim == 3 and pixels.shape[2] == 3
     assert min(pixels.shape[:2]) >= min_side, pixels.shape
     assert pixels.std() > 1.0, "constant picture"
+
+
+def grid_cells(picture: np.ndarray, rows: int, cols: int, side: int = 128) -> list[list[np.ndarray]]:
+    """Cut an ``image_grid`` picture of square ``side``-pixel cells back into the cells' images.
+
+    Also checks the picture has exactly ``rows`` x ``cols`` cells: the caption
+    bands make up the rest of each row's height and are dropped.
+    """
+    height = (picture.shape[0] - GRID_PAD) // rows
+    assert picture.shape == (rows * height + GRID_PAD, cols * (side + GRID_PAD) + GRID_PAD, 3), picture.shape
+    assert height >= side + GRID_PAD, picture.shape
+    return [
+        [picture[(r + 1) * height - side : (r + 1) * height, GRID_PAD + c * (side + GRID_PAD) :][:, :side]
+         for c in range(cols)]
+        for r in range(rows)
+    ]

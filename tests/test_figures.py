@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
+from tests.pictures_helpers import grid_cells as cells
 from visualization.figures import (
-    attention_figure,
+    GRID_PAD,
+    channel_gates_figure,
     denormalize,
     epoch_curves_figure,
-    feature_maps_figure,
+    feature_maps_grid,
     figure_to_image,
-    gradcam_figure,
+    gradcam_grid,
     heatmap_overlay,
+    image_grid,
+    layer_gradcam_grid,
     loss_curve_figure,
-    top_channel_overlay_figure,
+    spatial_gates_grid,
+    top_channels_grid,
 )
 
 CLASSES = ["cat", "dog", "ship"]
@@ -107,56 +113,104 @@ def test_epoch_curves_tolerate_missing_keys_and_lengths():
     render(epoch_curves_figure({}))
 
 
-def test_gradcam_figure_layout(images):
+def test_image_grid_places_enlarged_cells_under_their_captions():
+    red, blue = np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.float32)
+    red[..., 0], blue[..., 2] = 1, 1
+    picture = image_grid([[red, None], [blue]], [["one\ntwo", None], ["three"]])
+    # 8 px cells enlarged 16x to 128; 2 caption lines; the short row is padded with a blank cell
+    assert picture.dtype == np.uint8 and picture.shape[1] == 2 * (128 + GRID_PAD) + GRID_PAD
+    (a, blank), (b, c) = cells(picture, 2, 2, 128)
+    assert (a == [255, 0, 0]).all() and (b == [0, 0, 255]).all()
+    assert (blank == 255).all() and (c == 255).all()
+    band = picture[GRID_PAD : picture.shape[0] // 2 - 128, GRID_PAD : GRID_PAD + 128]
+    assert (band < 128).any(), "caption text is drawn in the band above the cell"
+    assert (picture[GRID_PAD : picture.shape[0] // 2 - 128, 2 * GRID_PAD + 128 :] == 255).all(), "no caption, no text"
+
+
+def test_image_grid_keeps_coarse_maps_blocky_and_refuses_all_blanks():
+    coarse = np.zeros((2, 2, 3), np.float32)
+    coarse[0, 0] = 1  # one of four blocks white
+    picture = image_grid([[np.zeros((32, 32, 3), np.float32), coarse]])
+    _, block = cells(picture, 1, 2, 128)[0]
+    assert (block[:64, :64] == 255).all() and (block[64:, :] == 0).all()
+    with pytest.raises(ValueError, match="no cells"):
+        image_grid([[None]])
+
+
+def test_image_grid_clips_long_captions_to_the_cell():
+    image = np.full((32, 32, 3), 0.5, np.float32)
+    picture = image_grid([[image, image]], [["a" * 80, None]])
+    band = picture[: picture.shape[0] - 128 - GRID_PAD]
+    assert (band[:, 128 + GRID_PAD :] == 255).all()  # nothing spilled into the next cell
+
+
+def test_gradcam_grid_layout(images):
     cams = {"conv1": torch.rand(2, 16, 16), "conv3": torch.zeros(2, 16, 16)}
     extra = {"guided backprop": torch.randn(2, 3, 16, 16), "zero": torch.zeros(2, 3, 16, 16)}
-    fig = gradcam_figure(images, cams, [0, 1], torch.tensor([0, 2]), CLASSES, extra)
-    assert len(fig.axes) == 2 * 5
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:5] == ["true: cat\npred: cat", "conv1", "conv3", "guided backprop", "zero"]
-    assert titles[5] == "true: dog\npred: ship"
-    assert render(fig).std() > 0
+    picture = gradcam_grid(images, cams, [0, 1], torch.tensor([0, 2]), CLASSES, extra)
+    grid = cells(picture, 2, 5, 128)
+    for r in range(2):
+        plain = (images[r].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(grid[r][0][::8, ::8] - plain).max() <= 1  # the image, enlarged 8x
+        assert grid[r][1].std() > 1  # a real CAM colours the image
+        assert np.array_equal(grid[r][2], grid[r][0])  # an all-zero CAM leaves it plain
+        assert grid[r][3].std() > 1 and (grid[r][4] == 128).all()  # zero attribution: mid-grey
 
 
-def test_feature_maps_figure_ranks_channels(images):
-    act = torch.zeros(5, 8, 8)
-    act[3] = torch.rand(8, 8) + 2  # the strongest channel comes first
-    act[1] = torch.rand(8, 8) + 1
-    activations = {"conv1": act, "conv2": torch.rand(1, 2, 4, 4)}
-    fig = feature_maps_figure(images[0], activations, "cat", top_k=3)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert titles[0] == "cat"
-    assert titles[1].startswith("ch 3") and titles[2].startswith("ch 1")
-    assert len(titles) == 1 + 3 + 2  # conv2 has only two channels
-    assert render(fig).std() > 0
+def test_layer_gradcam_grid_wraps_ten_to_a_row():
+    many = torch.rand(12, 3, 32, 32)
+    picture = layer_gradcam_grid(many, torch.rand(12, 32, 32), list(range(12)), [0] * 12, CLASSES)
+    grid = cells(picture, 2, 10, 128)
+    assert all(cell.std() > 1 for cell in grid[0] + grid[1][:2])
+    assert all((cell == 255).all() for cell in grid[1][2:])
 
 
-def test_feature_maps_figure_rejects_vectors(images):
+def test_feature_maps_grid_ranks_channels_and_keeps_blank_channels_finite(images):
+    act = torch.zeros(2, 5, 8, 8)
+    act[:, 3] = torch.rand(8, 8) + 2  # the strongest channel comes first
+    act[:, 1] = 1.5  # second strongest, constant: the colour of 0
+    picture = feature_maps_grid(images, act, [0, 1], [1, 1], CLASSES, top_k=3)
+    row = cells(picture, 2, 4, 128)[0]
+    assert row[1].std() > 1  # channel 3, min-max scaled
+    viridis_zero = (np.array(matplotlib.colormaps["viridis"](0.0)[:3]) * 255).round()
+    assert (np.abs(row[2] - viridis_zero) <= 1).all()
     with pytest.raises(ValueError, match="HINT"):
-        feature_maps_figure(images[0], {"gate": torch.rand(16)}, "x")
+        feature_maps_grid(images, torch.rand(2, 16), [0, 1], [1, 1], CLASSES)
 
 
-def test_top_channel_overlay_figure(images):
+def test_top_channels_grid(images):
     act = torch.rand(2, 6, 4, 4)
     act[:, 5] += 10
-    fig = top_channel_overlay_figure(images, act, [0, 1], [1, 1], CLASSES, k=3)
-    assert len(fig.axes) == 2 * 4
-    assert fig.axes[1].get_title().startswith("ch 5")
+    picture = top_channels_grid(images, act, [0, 1], [1, 1], CLASSES, k=3)
+    assert all(cell.std() > 1 for row in cells(picture, 2, 4, 128) for cell in row)
+
+
+def test_channel_gates_figure_draws_a_strip_per_block():
+    fig = channel_gates_figure({"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.5)})
+    strips = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in strips] == ["se1", "se2"]
+    assert strips[1].get_title().endswith("mean 0.50, std 0.000")
     assert render(fig).std() > 0
 
 
-def test_attention_figure_with_and_without_maps(images):
-    channel = {"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.5)}
-    spatial = {"cbam1": torch.rand(2, 1, 8, 8), "cbam2": torch.zeros(2, 4, 4)}
-    image = render(attention_figure(images, channel, spatial, [0, 1], [0, 0], CLASSES))
-    assert image.std() > 0
-    render(attention_figure(images, channel, {}))
-    render(attention_figure(images, {}, spatial))
+def test_spatial_gates_grid_colours_gates_on_a_fixed_scale(images):
+    passing = torch.full((2, 4, 4), 0.99)
+    passing[:, 0, 0] = 0.98
+    spatial = {"cbam1": torch.rand(2, 1, 8, 8), "cbam2": passing}
+    image, some, everything = cells(spatial_gates_grid(images, spatial, [0, 1], [0, 0], CLASSES), 2, 3, 128)[0]
+    assert some.std() > 1
+
+    def redness(cell: np.ndarray) -> float:
+        return float(cell[..., 0].mean() - cell[..., 2].mean())
+
+    # gates near 1 everywhere: "passes everything" turns the whole image red, not blue..red contrast
+    assert redness(everything) - redness(image) > 40
 
 
-def test_all_zero_inputs_render_finite():
+def test_all_zero_inputs_give_blank_finite_grids():
     zeros = torch.zeros(1, 3, 16, 16)
-    extra = {"g": torch.zeros(1, 3, 16, 16)}
-    render(gradcam_figure(zeros, {"l": torch.zeros(1, 16, 16)}, [0], [0], CLASSES, extra))
-    render(feature_maps_figure(zeros[0], {"l": torch.zeros(4, 8, 8)}, "blank"))
-    render(top_channel_overlay_figure(zeros, torch.zeros(1, 4, 4, 4), [0], [0], CLASSES))
+    picture = gradcam_grid(zeros, {"l": torch.zeros(1, 16, 16)}, [0], [0], CLASSES, {"g": torch.zeros(1, 3, 16, 16)})
+    image, cam, attribution = cells(picture, 1, 3, 128)[0]
+    assert (image == 0).all() and (cam == 0).all() and (attribution == 128).all()
+    feature_maps_grid(zeros, torch.zeros(1, 4, 8, 8), [0], [0], CLASSES)
+    top_channels_grid(zeros, torch.zeros(1, 4, 4, 4), [0], [0], CLASSES)

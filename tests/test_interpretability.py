@@ -13,16 +13,26 @@ from PIL import Image
 from torch import nn
 
 import explain
-from callbacks import InterpretabilityDumps
+from callbacks import InterpretabilityDumps, interpretability
 from lightning_modules.cnn import CNNSEClassifier
+from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO
-from tests.pictures_helpers import assert_picture, tensorboard_images, tiny_datamodule, tiny_trainer
+from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
 from visualization.attributions import gradcam, resolve_layers
-from visualization.pictures import picture_tags, render_pictures
+from visualization.pictures import attention_gates, picture_tags, render_pictures
 
 LAYERS = ["conv1", "conv2", "conv3"]
-TAGS = picture_tags(feature_images=1, channel_attention=True)
+TAGS = picture_tags(LAYERS, channel_attention=True)
 STEPS_PER_EPOCH = 4
+# (rows, cells per row) of each image grid for 3 probes and the defaults: the
+# comparison has image + 3 layers + 3 methods per probe, a layer's Grad-CAM
+# one overlay per probe, its feature maps the first probe + its 8 top channels.
+GRIDS = {
+    "gradcam/all_layers": (3, 7),
+    **{f"gradcam/{name}": (1, 3) for name in LAYERS},
+    **{f"features/{name}": (1, 9) for name in LAYERS},
+    "features/top_channels": (3, 4),
+}
 
 
 def _fit(log_dir: Path, data: Path, callbacks: list) -> tuple[L.Trainer, CNNSEClassifier]:
@@ -49,14 +59,28 @@ def fitted(tiny_data, tmp_path_factory):
 def test_every_tag_each_epoch_with_readable_pictures(fitted):
     _, _, _, _, run = fitted
     images = tensorboard_images(run)
-    assert set(TAGS) <= set(images)
+    assert set(images) == set(TAGS) == {*GRIDS, "attention/channel"}
     for tag in TAGS:
         # one dump per epoch; the end of fit falls on the last epoch's step and is not repeated
         assert [step for step, _ in images[tag]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH], tag
         for _, pixels in images[tag]:
             assert_picture(pixels)
-    # 3 probes x (image + 3 layers + 3 methods) cells of 160 px
-    assert images["gradcam/all_layers"][0][1].shape[:2] == (3 * 160 + 20, 7 * 160)
+            if tag in GRIDS:  # every 32x32 image cell is there at 128 px and shows something
+                cells = grid_cells(pixels, *GRIDS[tag])
+                assert all(cell.std() > 1.0 for row in cells for cell in row), tag
+
+
+def test_per_layer_gradcam_tags_show_that_layer(fitted):
+    """``gradcam/<layer>`` holds the same overlays as that layer's column of the comparison, and layers differ."""
+    _, _, _, _, run = fitted
+    images = tensorboard_images(run)
+    for step in (0, 1):
+        compared = grid_cells(images["gradcam/all_layers"][step][1], *GRIDS["gradcam/all_layers"])
+        per_layer = {name: grid_cells(images[f"gradcam/{name}"][step][1], 1, 3)[0] for name in LAYERS}
+        for column, name in enumerate(LAYERS, start=1):
+            for probe in range(3):
+                assert np.array_equal(per_layer[name][probe], compared[probe][column]), (name, probe)
+        assert not np.array_equal(per_layer["conv1"][0], per_layer["conv3"][0])
 
 
 def test_probes_are_the_first_image_of_each_class_and_kept_in_the_checkpoint(fitted, tiny_data):
@@ -99,6 +123,25 @@ def test_predict_draws_under_inference_mode(fitted, tiny_data, tmp_path):
         assert (tmp_path / f"run/version_0/pictures/predict/{tag.replace('/', '_')}.png").is_file()
 
 
+def test_pictures_are_drawn_on_one_thread_and_the_count_restored(fitted, tiny_data, tmp_path, monkeypatch):
+    _, model, dumps, _, _ = fitted
+    seen = []
+    draw = interpretability.render_pictures
+
+    def counting_threads(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(interpretability, "render_pictures", counting_threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiny_trainer(tmp_path, [dumps]).predict(model, tiny_datamodule(tiny_data))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_no_dumps_during_the_sanity_check_or_without_an_output(tiny_data, tmp_path):
     dumps = InterpretabilityDumps(LAYERS)
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False)
@@ -111,6 +154,12 @@ def test_a_misspelt_layer_fails_before_training_and_names_the_valid_ones(tiny_da
     with pytest.raises(ValueError, match="conv3"):
         trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
     assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("count", ["every_n_epochs", "probes_per_class", "feature_top_k", "feature_images"])
+def test_counts_below_one_fail_at_construction(count):
+    with pytest.raises(ValueError, match=f"{count}=0 must be at least 1"):
+        InterpretabilityDumps(LAYERS, **{count: 0})
 
 
 class _FailingBackward(torch.autograd.Function):
@@ -153,13 +202,27 @@ def test_zero_gradients_give_blank_finite_pictures():
     assert set(pictures) == set(TAGS)
 
 
+def test_cbam_models_get_their_spatial_gates_drawn():
+    torch.manual_seed(0)
+    model = ResNet18CBAMClassifier(num_classes=3)
+    layers = ["layer1", "layer4"]
+    pictures = render_pictures(model, torch.rand(2, 3, 32, 32), [0, 1], ["a", "b", "c"], layers, layer_root=model.net)
+    assert list(pictures) == picture_tags(layers, channel_attention=True, spatial_attention=True)
+    blocks = [name for name in attention_gates(model.net) if name.endswith("spatial.gate")]
+    assert len(blocks) == 4  # cbam.layer1 .. cbam.layer4: the image, then one overlay each
+    for row in grid_cells(pictures["attention/spatial"], 2, 1 + len(blocks)):
+        assert all(cell.std() > 1.0 for cell in row)
+
+
 def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
     _, _, _, _, run = fitted
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
     base = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS]
     assert explain.main([*base, "--out", str(tmp_path / "probes")]) == 0  # the stored probe set
-    for name in ("gradcam_all_layers.png", "features_probe2.png", "attention_channel.png"):
-        assert_picture(np.asarray(Image.open(tmp_path / "probes" / name).convert("RGB")))
+    for tag in TAGS:
+        assert_picture(np.asarray(Image.open(tmp_path / "probes" / f"{tag.replace('/', '_')}.png").convert("RGB")))
+    features = np.asarray(Image.open(tmp_path / "probes/features_conv3.png").convert("RGB"))
+    grid_cells(features, 3, 9)  # explain.py shows the feature maps of every image
 
     own = tmp_path / "own"
     (own / "cat").mkdir(parents=True)

@@ -1,6 +1,11 @@
-"""The project's pictures as pure functions: tensors and lists in, Figures out.
+"""The project's pictures as pure functions: tensors and lists in, figures or pixels out.
 
-Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never
+Two kinds, by cost. Pictures made of images (Grad-CAM overlays, feature maps)
+are image grids: cells composed as tensors with torchvision's ``make_grid`` and
+captioned with PIL, straight to an ``[H, W, 3]`` uint8 array. Building one
+matplotlib axes costs about 15 ms, so a grid of 70 images took over a second
+as a figure and takes a few tens of milliseconds this way. Charts (loss
+curves, gate strips with a colour bar) are matplotlib figures: ``matplotlib.figure.Figure`` with an Agg canvas, never
 through ``pyplot``: nothing global changes, no window opens, nothing is
 written to disk, and it is safe in training processes and DataLoader workers.
 :func:`figure_to_image` turns a figure into an ``[H, W, 3]`` uint8 array for
@@ -19,7 +24,7 @@ Input conventions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -28,18 +33,23 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 __all__ = [
-    "attention_figure",
+    "GRID_PAD",
+    "channel_gates_figure",
     "denormalize",
     "epoch_curves_figure",
-    "feature_maps_figure",
+    "feature_maps_grid",
     "figure_to_image",
-    "gradcam_figure",
+    "gradcam_grid",
     "heatmap_overlay",
+    "image_grid",
+    "layer_gradcam_grid",
     "loss_curve_figure",
-    "top_channel_overlay_figure",
+    "spatial_gates_grid",
+    "top_channels_grid",
 ]
 
 # Size of one image cell in inches; at 100 dpi a 32x32 image gets ~160 px,
@@ -48,6 +58,16 @@ _CELL = 1.6
 _DPI = 100
 # Ranges below this count as constant (blank rendering, no division by ~0).
 _EPS = 1e-12
+
+# Image grids: cells are enlarged (nearest neighbour, whole multiples) to about
+# this many pixels a side, so a 32x32 image becomes 128 px: Grad-CAM blobs are
+# visible and the PNG that TensorBoard stores stays small.
+_GRID_CELL = 128
+GRID_PAD = 2  # white pixels between cells and around the grid
+_LINE = 12  # caption line height in pixels at _FONT_SIZE
+_FONT_SIZE = 11
+# Grad-CAM overlays of one layer per grid row; more probes wrap onto new rows.
+_PER_ROW = 10
 
 
 def figure_to_image(fig: Figure) -> np.ndarray:
@@ -231,19 +251,73 @@ def epoch_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
     return fig
 
 
-def gradcam_figure(
+
+# --- image grids ---------------------------------------------------------------
+
+def image_grid(cells: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequence[str | None]] | None = None) -> np.ndarray:
+    """Rows of RGB cells as one picture, each cell with its caption above it.
+
+    Every cell is enlarged by the same whole factor (nearest neighbour, so a
+    4x4 feature map stays 16 honest blocks) to the size of the first cell,
+    about 128 px a side. Captions are clipped to their cell's width.
+
+    Args:
+        cells: Rows of float ``[h, w, 3]`` arrays in ``[0, 1]``; ``None`` or a
+            short row leaves blank (white) cells.
+        captions: Text per cell, same layout as ``cells``, lines split by
+            ``\\n``; ``None`` for none.
+
+    Returns:
+        ``uint8 [H, W, 3]``: ``len(cells)`` rows and the longest row's count of
+        columns, each cell ``caption band + image`` with ``GRID_PAD`` pixels
+        between and around cells.
+
+    Raises:
+        ValueError: All cells are blank.
+    """
+    filled = [cell for row in cells for cell in row if cell is not None]
+    if not filled:
+        raise ValueError("image_grid got no cells to draw, only blanks.")
+    ncols = max(len(row) for row in cells)
+    height, width = filled[0].shape[:2]
+    scale = max(1, _GRID_CELL // max(height, width))
+    size = (height * scale, width * scale)
+    captions = captions or []
+    lines = max((text.count("\n") + 1 for row in captions for text in row if text), default=0)
+    band = lines * _LINE + 4 if lines else 0
+    step_y, step_x = band + size[0] + GRID_PAD, size[1] + GRID_PAD
+    canvas = np.full((len(cells) * step_y + GRID_PAD, ncols * step_x + GRID_PAD, 3), 255, np.uint8)
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            if cell is not None:
+                top, left = GRID_PAD + r * step_y + band, GRID_PAD + c * step_x
+                canvas[top : top + size[0], left : left + size[1]] = _enlarge(cell, size)
+    picture = Image.fromarray(canvas)
+    if band:
+        draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=_FONT_SIZE)
+        for r, row in enumerate(captions):
+            for c, text in enumerate(row):
+                if text:
+                    x, y = GRID_PAD + c * step_x, GRID_PAD + r * step_y
+                    fitted = "\n".join(_fit(draw, line, font, size[1] - 4) for line in text.split("\n"))
+                    draw.multiline_text((x + 2, y + 1), fitted, fill=(0, 0, 0), font=font, spacing=1)
+    return np.asarray(picture)
+
+
+def gradcam_grid(
     images: Tensor,
     cams: Mapping[str, Tensor],
     labels: Sequence[int] | Tensor,
     preds: Sequence[int] | Tensor,
     classes: Sequence[str],
     extra: Mapping[str, Tensor] | None = None,
-) -> Figure:
+) -> np.ndarray:
     """Grad-CAM of several layers side by side, plus fine-grained methods.
 
-    One row per image: the image titled ``true: X`` / ``pred: Y``, one overlay
-    per layer in the order of ``cams`` (pass them low to high so localisation
-    can be compared with depth), then one column per ``extra`` attribution.
+    One row per image: the image captioned ``true: X`` / ``pred: Y``, one
+    overlay per layer in the order of ``cams`` (pass them low to high so
+    localisation can be compared with depth), then one column per ``extra``
+    attribution.
 
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
@@ -257,68 +331,88 @@ def gradcam_figure(
             0 or 1.
 
     Returns:
-        The figure.
+        ``uint8 [H, W, 3]``, ``N`` rows of ``1 + len(cams) + len(extra)`` cells.
     """
     extra = extra or {}
-    n = images.shape[0]
-    titles = ["image", *cams, *extra]
-    fig, axes = _grid(n, len(titles))
-    for i in range(n):
-        row = axes[i]
-        _show(row[0], _image_hwc(images[i]), _true_pred(labels[i], preds[i], classes))
-        for ax, (name, cam) in zip(row[1:], cams.items()):
-            _show(ax, heatmap_overlay(images[i], cam[i]), name if i == 0 else None)
-        for ax, (name, attr) in zip(row[1 + len(cams) :], extra.items()):
-            _show(ax, _signed_to_unit(attr[i]), name if i == 0 else None)
-    fig.tight_layout()
-    return fig
+    cells, captions = [], []
+    for i in range(images.shape[0]):
+        cells.append([
+            _image_hwc(images[i]),
+            *(heatmap_overlay(images[i], cam[i]) for cam in cams.values()),
+            *(_signed_to_unit(attr[i]) for attr in extra.values()),
+        ])
+        captions.append([_true_pred(labels[i], preds[i], classes), *cams, *extra])
+    return image_grid(cells, captions)
 
 
-def feature_maps_figure(
-    image: Tensor,
-    activations: Mapping[str, Tensor],
-    title: str,
-    top_k: int = 8,
-    cmap: str = "viridis",
-) -> Figure:
-    """The image, then per layer its ``top_k`` channels by mean activation.
+def layer_gradcam_grid(
+    images: Tensor,
+    cam: Tensor,
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    classes: Sequence[str],
+) -> np.ndarray:
+    """One layer's Grad-CAM overlaid on every image, captioned with true and predicted class.
 
-    Each channel is min-max scaled on its own, so weak but structured
-    channels stay visible; the title of each cell gives its index and mean.
+    The picture of a per-layer tag (``gradcam/conv3``): TensorBoard's step
+    slider then shows how that layer's localisation develops over training.
 
     Args:
-        image: ``[3, H, W]`` in ``[0, 1]``.
-        activations: ``{layer name: [C, h, w]}`` (a leading batch dim of 1 is
-            dropped), in the order the rows should appear (low to high).
-        title: Title over the image, e.g. its class.
-        top_k: Channels shown per layer (fewer if the layer has fewer).
+        images: ``[N, 3, H, W]`` in ``[0, 1]``.
+        cam: ``[N, H, W]``, one layer's maps.
+        labels: True class index per image.
+        preds: Predicted class index per image.
+        classes: Class names, indexed by class.
+
+    Returns:
+        ``uint8 [H, W, 3]``: the overlays, 10 to a row.
+    """
+    overlays = [heatmap_overlay(images[i], cam[i]) for i in range(images.shape[0])]
+    titles = [_true_pred(labels[i], preds[i], classes) for i in range(images.shape[0])]
+    rows = range(0, len(overlays), _PER_ROW)
+    return image_grid([overlays[r : r + _PER_ROW] for r in rows], [titles[r : r + _PER_ROW] for r in rows])
+
+
+def feature_maps_grid(
+    images: Tensor,
+    activations: Tensor,
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    classes: Sequence[str],
+    top_k: int = 8,
+    cmap: str = "viridis",
+) -> np.ndarray:
+    """Per image, the image then one layer's ``top_k`` channels by mean activation.
+
+    Each channel is min-max scaled on its own, so weak but structured
+    channels stay visible; its caption gives its index and mean. A constant
+    channel shows as the colour of 0.
+
+    Args:
+        images: ``[N, 3, H, W]`` in ``[0, 1]``.
+        activations: ``[N, C, h, w]``, the layer's output for these images.
+        labels: True class index per image.
+        preds: Predicted class index per image.
+        classes: Class names, indexed by class.
+        top_k: Channels shown per image (fewer if the layer has fewer).
         cmap: Colour map of the channels.
 
     Returns:
-        The figure: row 0 is the image, then one row per layer.
+        ``uint8 [H, W, 3]``, one row per image.
 
     Raises:
-        ValueError: An activation is not a ``[C, h, w]`` map.
+        ValueError: ``activations`` is not ``[N, C, h, w]``.
     """
-    maps = {name: _as_chw(name, act) for name, act in activations.items()}
-    ncols = max(top_k, 1)
-    fig, axes = _grid(1 + len(maps), ncols)
-    _show(axes[0][0], _image_hwc(image), title)
-    for ax in axes[0][1:]:
-        ax.set_visible(False)
-    for row, (name, act) in zip(axes[1:], maps.items()):
-        means = act.flatten(1).mean(dim=1)
-        top = means.argsort(descending=True)[:top_k].tolist()
-        for ax, channel in zip(row, top):
-            _show_map(ax, act[channel], cmap, f"ch {channel} ({means[channel]:.2f})")
-        for ax in row[len(top) :]:
-            ax.set_visible(False)
-        row[0].set_ylabel(f"{name}\n{tuple(act.shape)}", fontsize=8)
-    fig.tight_layout()
-    return fig
+    colours = matplotlib.colormaps[cmap]
+
+    def colour(image: Tensor, heat: Tensor) -> np.ndarray:
+        scaled = _minmax(heat)
+        return colours(scaled if scaled is not None else np.zeros(tuple(heat.shape)))[..., :3]
+
+    return _strongest_channels(images, activations, labels, preds, classes, top_k, colour)
 
 
-def top_channel_overlay_figure(
+def top_channels_grid(
     images: Tensor,
     activations: Tensor,
     labels: Sequence[int] | Tensor,
@@ -326,7 +420,7 @@ def top_channel_overlay_figure(
     classes: Sequence[str],
     k: int = 3,
     alpha: float = 0.5,
-) -> Figure:
+) -> np.ndarray:
     """The source's "attention" maps: strongest channels of a layer, overlaid.
 
     Per image, the ``k`` channels of ``activations`` with the highest mean
@@ -344,76 +438,92 @@ def top_channel_overlay_figure(
         alpha: Weight of the heat map colours.
 
     Returns:
-        The figure: one row per image, the image then ``k`` overlays.
+        ``uint8 [H, W, 3]``: one row per image, the image then ``k`` overlays.
     """
-    n = images.shape[0]
-    k = min(k, activations.shape[1])
-    fig, axes = _grid(n, 1 + k)
-    for i in range(n):
-        row = axes[i]
-        _show(row[0], _image_hwc(images[i]), _true_pred(labels[i], preds[i], classes))
-        means = activations[i].flatten(1).mean(dim=1)
-        for ax, channel in zip(row[1:], means.argsort(descending=True)[:k].tolist()):
-            overlay = heatmap_overlay(images[i], activations[i, channel], alpha=alpha)
-            _show(ax, overlay, f"ch {channel} ({means[channel]:.2f})")
-    fig.tight_layout()
-    return fig
+    return _strongest_channels(
+        images, activations, labels, preds, classes, k, lambda image, heat: heatmap_overlay(image, heat, alpha=alpha)
+    )
 
 
-def attention_figure(
+def _strongest_channels(
     images: Tensor,
-    channel_weights: Mapping[str, Tensor],
-    spatial_maps: Mapping[str, Tensor],
-    labels: Sequence[int] | Tensor | None = None,
-    preds: Sequence[int] | Tensor | None = None,
-    classes: Sequence[str] | None = None,
-) -> Figure:
-    """What SE/CBAM attention does: channel gates and spatial gates.
+    activations: Tensor,
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    classes: Sequence[str],
+    k: int,
+    draw: Callable[[Tensor, Tensor], np.ndarray],
+) -> np.ndarray:
+    """Rows of the image, then ``draw(image, channel)`` for its ``k`` channels of highest mean activation."""
+    if activations.dim() != 4:
+        raise ValueError(
+            f"Activations of shape {tuple(activations.shape)} are not feature maps [N, C, h, w].\n"
+            "HINT: pick a conv layer or block; show channel gates with channel_gates_figure."
+        )
+    cells, captions = [], []
+    for i in range(images.shape[0]):
+        act = activations[i].detach().float().cpu()
+        means = act.flatten(1).mean(dim=1)
+        top = means.argsort(descending=True)[:k].tolist()
+        cells.append([_image_hwc(images[i]), *(draw(images[i], act[c]) for c in top)])
+        captions.append([_true_pred(labels[i], preds[i], classes), *(f"ch {c}\nmean {means[c]:.2f}" for c in top)])
+    return image_grid(cells, captions)
 
-    Top: one row per image, the image then each CBAM spatial map overlaid
-    (only when there are spatial maps: channel strips alone need no images).
-    Below: one panel per channel-attention layer, a heat strip of its gates
-    (rows: images, columns: channels, 0 to 1). Gates stuck near 0.5 with a
-    tiny spread mean the attention has not learned anything yet.
+
+def spatial_gates_grid(
+    images: Tensor,
+    spatial_maps: Mapping[str, Tensor],
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    classes: Sequence[str],
+) -> np.ndarray:
+    """What CBAM's spatial attention passes: per image, the image then each block's gate overlaid.
+
+    Gates are absolute (0: blocked, 1: passed), so they are coloured on a
+    fixed 0..1 scale (jet: blue blocked, red passed): a map near 1 everywhere
+    reads as "passes everything", not as contrast. Captions give each map's
+    mean and spread.
 
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
+        spatial_maps: ``{layer: [N, h, w]}`` sigmoid gates (``[N, 1, h, w]``
+            is accepted), upsampled to the image.
+        labels: True class per image.
+        preds: Predicted class per image.
+        classes: Class names, indexed by class.
+
+    Returns:
+        ``uint8 [H, W, 3]``, one row per image.
+    """
+    n = images.shape[0]
+    maps = {name: gates.detach().float().reshape(n, *gates.shape[-2:]) for name, gates in spatial_maps.items()}
+    cells, captions = [], []
+    for i in range(n):
+        overlays = [heatmap_overlay(images[i], gates[i], value_range=(0.0, 1.0)) for gates in maps.values()]
+        cells.append([_image_hwc(images[i]), *overlays])
+        captions.append([_true_pred(labels[i], preds[i], classes), *(_gate_title(k, g[i]) for k, g in maps.items())])
+    return image_grid(cells, captions)
+
+
+def channel_gates_figure(channel_weights: Mapping[str, Tensor]) -> Figure:
+    """What SE/CBAM channel attention does: one heat strip of gates per block.
+
+    Rows are images, columns channels, colours the gate from 0 to 1. Gates
+    stuck near 0.5 with a tiny spread mean the attention has not learned
+    anything yet.
+
+    Args:
         channel_weights: ``{layer: [N, C]}`` sigmoid gates (``[N, C, 1, 1]``
             is accepted).
-        spatial_maps: ``{layer: [N, h, w]}`` sigmoid gates (``[N, 1, h, w]``
-            is accepted), upsampled to the image and coloured on a fixed
-            0..1 scale (jet: blue blocked, red passed), so a map near 1
-            everywhere reads as "passes everything", not as contrast.
-        labels: True class per image, for titles (optional).
-        preds: Predicted class per image, for titles (optional).
-        classes: Class names; indices are shown without them.
 
     Returns:
         The figure.
     """
-    n = images.shape[0]
-    spatial = {k: v.detach().float().reshape(n, *v.shape[-2:]) for k, v in spatial_maps.items()}
-    channel = {k: v.detach().float().reshape(n, -1) for k, v in channel_weights.items()}
-    ncols = 1 + len(spatial)
-    # Channel strips get a short row each; image rows are square cells.
-    image_rows = n if spatial or not channel else 0
-    heights = [1.0] * image_rows + [0.6] * len(channel)
-    fig = _new_figure(_CELL * 1.2 * max(ncols, 3), _CELL * 1.2 * sum(heights) + 0.3)
-    grid = fig.add_gridspec(len(heights), ncols, height_ratios=heights)
-    for i in range(image_rows):
-        title = "image"
-        if labels is not None and preds is not None:
-            title = _true_pred(labels[i], preds[i], classes)
-        _show(fig.add_subplot(grid[i, 0]), _image_hwc(images[i]), title)
-        for j, (name, maps) in enumerate(spatial.items(), start=1):
-            ax = fig.add_subplot(grid[i, j])
-            # Gates are absolute (0: blocked, 1: passed), so a fixed range.
-            overlay = heatmap_overlay(images[i], maps[i], value_range=(0.0, 1.0))
-            _show(ax, overlay, _gate_title(name, maps[i]))
-    for r, (name, weights) in enumerate(channel.items(), start=image_rows):
-        ax = fig.add_subplot(grid[r, :])
-        strip = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                          interpolation="nearest")
+    fig = _new_figure(_CELL * 1.2 * 3, _CELL * 1.2 * 0.6 * max(len(channel_weights), 1) + 0.3)
+    for r, (name, gates) in enumerate(channel_weights.items(), start=1):
+        weights = gates.detach().float().reshape(gates.shape[0], -1)
+        ax = fig.add_subplot(len(channel_weights), 1, r)
+        strip = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(_gate_title(name, weights), fontsize=8)
         ax.set_ylabel("image", fontsize=7)
         ax.set_xlabel("channel", fontsize=7)
@@ -431,33 +541,6 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _grid(nrows: int, ncols: int) -> tuple[Figure, list[list[Axes]]]:
-    """A figure of square image cells as a 2-D list of axes."""
-    fig = _new_figure(_CELL * ncols, _CELL * nrows + 0.2)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, [list(row) for row in axes]
-
-
-def _show(ax: Axes, rgb: np.ndarray, title: str | None) -> None:
-    """Draw an RGB image with no ticks."""
-    ax.imshow(rgb, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8)
-
-
-def _show_map(ax: Axes, heat: Tensor, cmap: str, title: str) -> None:
-    """Draw one map scaled to [0, 1]; a constant map shows as the colour of 0."""
-    scaled = _minmax(heat)
-    if scaled is None:
-        scaled = np.zeros(tuple(heat.shape), dtype=np.float32)
-    ax.imshow(scaled, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=7)
 
 
 def _image_hwc(image: Tensor) -> np.ndarray:
@@ -503,20 +586,6 @@ def _signed_to_unit(attr: Tensor) -> np.ndarray:
     return a.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _as_chw(name: str, act: Tensor) -> Tensor:
-    """Accept [C, h, w] or [1, C, h, w]; refuse vectors such as channel gates."""
-    act = act.detach().float().cpu()
-    if act.dim() == 4 and act.shape[0] == 1:
-        act = act[0]
-    if act.dim() != 3:
-        raise ValueError(
-            f"Activation {name!r} has shape {tuple(act.shape)}; feature maps are "
-            "[C, h, w].\nHINT: pass one image's activations (act[i]); show channel "
-            "gates with attention_figure."
-        )
-    return act
-
-
 def _true_pred(label: int | Tensor, pred: int | Tensor, classes: Sequence[str] | None) -> str:
     """'true: X / pred: Y' (on two lines) with class names when known."""
     def name(index: int | Tensor) -> str:
@@ -525,6 +594,27 @@ def _true_pred(label: int | Tensor, pred: int | Tensor, classes: Sequence[str] |
 
     # Two lines: long class names must fit a 32x32 image cell.
     return f"true: {name(label)}\npred: {name(pred)}"
+
+
+def _enlarge(cell: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float ``[h, w, 3]`` in [0, 1] to uint8 at ``size`` by nearest neighbour (pixel ``i`` takes ``i * h // H``).
+
+    In numpy on purpose: the same in torch runs its thread pool on every
+    enlarged cell, which on a busy two-core machine made a grid 20x slower.
+    """
+    pixels = (np.asarray(cell, dtype=np.float32) * 255).round().astype(np.uint8)
+    rows = np.arange(size[0]) * pixels.shape[0] // size[0]
+    cols = np.arange(size[1]) * pixels.shape[1] // size[1]
+    return pixels[rows[:, None], cols]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels, so a caption never runs into the next cell."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _gate_title(name: str, gates: Tensor) -> str:

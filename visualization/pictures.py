@@ -28,11 +28,13 @@ from visualization.attributions import (
     resolve_layers,
 )
 from visualization.figures import (
-    attention_figure,
-    feature_maps_figure,
+    channel_gates_figure,
+    feature_maps_grid,
     figure_to_image,
-    gradcam_figure,
-    top_channel_overlay_figure,
+    gradcam_grid,
+    layer_gradcam_grid,
+    spatial_gates_grid,
+    top_channels_grid,
 )
 
 __all__ = ["INPUT_METHODS", "attention_gates", "picture_tags", "render_pictures"]
@@ -65,18 +67,25 @@ def attention_gates(net: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def picture_tags(feature_images: int = 1, channel_attention: bool = False, spatial_attention: bool = False) -> list[str]:
+def picture_tags(layers: Sequence[str], channel_attention: bool = False, spatial_attention: bool = False) -> list[str]:
     """The tags :func:`render_pictures` returns for these settings, in its order.
 
     Args:
-        feature_images: Images that get a feature-map picture.
+        layers: The explained layers, low to high.
         channel_attention: Whether the model has SE/CBAM channel gates.
         spatial_attention: Whether it has CBAM spatial gates.
 
     Returns:
-        Tags such as ``gradcam/all_layers``, ``features/probe0``, ``attention/spatial``.
+        ``gradcam/all_layers``, ``gradcam/<layer>`` and ``features/<layer>``
+        per layer, ``features/top_channels``, then ``attention/channel`` and
+        ``attention/spatial`` where the model has them.
     """
-    tags = ["gradcam/all_layers", *(f"features/probe{i}" for i in range(feature_images)), "features/top_channels"]
+    tags = [
+        "gradcam/all_layers",
+        *(f"gradcam/{name}" for name in layers),
+        *(f"features/{name}" for name in layers),
+        "features/top_channels",
+    ]
     if channel_attention:
         tags.append("attention/channel")
     if spatial_attention:
@@ -115,8 +124,8 @@ def render_pictures(
             classifiers); default ``model``.
         methods: Which of :data:`INPUT_METHODS` to draw beside Grad-CAM.
         feature_top_k: Channels per layer in the feature-map pictures.
-        feature_images: How many of the images (the first ones) get a
-            feature-map picture; each costs a figure.
+        feature_images: How many of the images (the first ones) get a row in
+            each layer's feature-map picture.
         attention: Draw SE/CBAM gates when the model has them.
 
     Returns:
@@ -139,27 +148,29 @@ def render_pictures(
     cams = gradcam(model, x, preds, named)
     extra = _input_attributions(model, x, preds, methods, named[layers[-1]])
     shown = x.detach().float().cpu()
-    # One figure for all layers and methods: side by side is how users compare
-    # them, and each extra figure costs more than all attributions together.
-    pictures = {"gradcam/all_layers": figure_to_image(gradcam_figure(shown, cams, labels, preds, classes, extra))}
+    # Side by side for comparing layers, and one stable tag per layer for
+    # following a layer over the epochs. Grids of tensors, not matplotlib
+    # figures: all of them cost less than one figure did.
+    pictures = {"gradcam/all_layers": gradcam_grid(shown, cams, labels, preds, classes, extra)}
+    for name, cam in cams.items():
+        pictures[f"gradcam/{name}"] = layer_gradcam_grid(shown, cam, labels, preds, classes)
 
     captured = capture_activations(model, x, {**named, **gates})
-    for i in range(min(feature_images, len(shown))):
-        title = _title(int(labels[i]), int(preds[i]), classes)
-        acts = {name: captured[name][i] for name in layers}
-        pictures[f"features/probe{i}"] = figure_to_image(feature_maps_figure(shown[i], acts, title, feature_top_k))
-    last = captured[layers[-1]]
-    if last.dim() == 4:
-        pictures["features/top_channels"] = figure_to_image(
-            top_channel_overlay_figure(shown, last, labels, preds, classes, k=TOP_CHANNELS)
+    few = slice(0, feature_images)
+    for name in layers:
+        pictures[f"features/{name}"] = feature_maps_grid(
+            shown[few], captured[name][few], labels[few], preds[few], classes, feature_top_k
         )
+    pictures["features/top_channels"] = top_channels_grid(
+        shown, captured[layers[-1]], labels, preds, classes, k=TOP_CHANNELS
+    )
 
     channel = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] == (1, 1)}
     spatial = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] != (1, 1)}
     if channel:
-        pictures["attention/channel"] = figure_to_image(attention_figure(shown, channel, {}, labels, preds, classes))
+        pictures["attention/channel"] = figure_to_image(channel_gates_figure(channel))
     if spatial:
-        pictures["attention/spatial"] = figure_to_image(attention_figure(shown, {}, spatial, labels, preds, classes))
+        pictures["attention/spatial"] = spatial_gates_grid(shown, spatial, labels, preds, classes)
     return pictures
 
 
@@ -188,9 +199,3 @@ def _gate_label(name: str) -> str:
     """``conv1.se.gate`` -> ``conv1.se``: the block, not its sigmoid."""
     return name.removesuffix(".gate")
 
-
-def _title(label: int, pred: int, classes: Sequence[str]) -> str:
-    def name(index: int) -> str:
-        return classes[index] if 0 <= index < len(classes) else "?"
-
-    return f"true: {name(label)}\npred: {name(pred)}"
