@@ -130,10 +130,12 @@ def main() -> None:
     results: dict[int, dict[str, History]] = {}
     for position, seed in enumerate(args.seeds):
         order = list(sides) if position % 2 == 0 else list(sides)[::-1]
-        results[seed] = {name: sides[name](args, seed) for name in order}
-        for name in sides:  # progress, so a long run shows where it is
-            print(f"seed {seed}, {name}: " + ", ".join(f"{a:.1%} at {s:.0f} s" for _, s, a in results[seed][name]),
-                  flush=True)
+        results[seed] = {}
+        for name in order:
+            results[seed][name] = sides[name](args, seed)
+            # Progress as each side ends: a long run shows where it is, and a cut-short one keeps its rows.
+            print(f"seed {seed}, {name}: " + ", ".join(f"{a:.1%} at {s:.0f} s" for _, s, a in results[seed][name])
+                  + f" (load average {os.getloadavg()[0]:.1f})", flush=True)
 
     rows = []
     for seed, by_side in results.items():
