@@ -123,9 +123,10 @@ class BatchAugment(nn.Module):
         saturation: Spread of the saturation factor, >= 0.
         hue: Largest hue shift, in [0, 0.5] (0.5 is half the colour circle).
         degrees: Largest rotation in degrees, in [0, 180].
-        cpu_threads: Intra-op threads for a batch on the CPU. One: 64 images of 32x32 are too
-            little work to split, and on this project's shared 2-core machines two threads
-            measured 40-300x slower than one (``benchmarks/input_pipeline.py --threads 1 2``).
+        cpu_threads: Intra-op threads for a batch on the CPU. One: on this project's shared
+            2-core machines, under load, two threads measured 40-300x slower than one
+            (``benchmarks/input_pipeline.py --threads 1 2``); on the same machine left quiet,
+            one thread made a CNN ``fit`` 1-15 % slower than two (3 interleaved rounds).
 
     Raises:
         ValueError: If an argument is outside its legal range; the message names it.
