@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from datamodules.augment import BatchAugment, hsv_to_rgb, rgb_to_hsv
+from datamodules import augment
+from datamodules.augment import AugmentParams, BatchAugment, hsv_to_rgb, rgb_to_hsv
 
 N = 2000
 OFF = {"padding": 0, "flip_p": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "degrees": 0.0}
@@ -127,7 +129,67 @@ def test_hsv_round_trip():
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [({"flip_p": 1.5}, "flip_p"), ({"hue": 0.7}, "hue"),
-                                               ({"padding": -1}, "padding"), ({"degrees": -3}, "degrees")])
+                                               ({"padding": -1}, "padding"), ({"degrees": -3}, "degrees"),
+                                               ({"cpu_threads": 0}, "cpu_threads")])
 def test_bad_arguments_are_named(kwargs, named):
     with pytest.raises(ValueError, match=named):
         BatchAugment(**kwargs)
+
+
+def test_cpu_batches_use_cpu_threads_and_restore_the_setting(monkeypatch):
+    augment = BatchAugment(cpu_threads=1)
+    inside = []
+    real = augment._apply
+    monkeypatch.setattr(augment, "_apply", lambda *a: inside.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        augment(torch.rand(130, 3, 32, 32))
+        assert inside == [1, 1, 1] and torch.get_num_threads() == 2  # 3 chunks of at most 64 images
+    finally:
+        torch.set_num_threads(before)
+
+
+def torchvision_one(image: torch.Tensor, p: AugmentParams, i: int, padding: int) -> torch.Tensor:
+    """Image i through torchvision's functional ops with the same parameters, per image."""
+    h, w = image.shape[-2:]
+    top, left = int(p.top[i]), int(p.left[i])
+    out = TF.pad(image, [padding] * 4, fill=0)[:, top : top + h, left : left + w]
+    if p.flip[i]:
+        out = TF.horizontal_flip(out)
+    adjust = {
+        0: lambda x: TF.adjust_brightness(x, float(p.brightness[i])),
+        1: lambda x: TF.adjust_contrast(x, float(p.contrast[i])),
+        2: lambda x: TF.adjust_saturation(x, float(p.saturation[i])),
+        3: lambda x: TF.adjust_hue(x, float(p.hue[i])),
+    }
+    for op in p.order[i].tolist():
+        out = adjust[op](out)
+    return TF.rotate(out, float(p.angle[i]), interpolation=v2.InterpolationMode.NEAREST, fill=0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_apply_matches_torchvision_image_by_image(channels, monkeypatch):
+    # The batched ops fuse crop, flip and rotation into one gather: check them pixel by pixel,
+    # in small CPU pieces so the seams between pieces are checked too.
+    monkeypatch.setattr(augment, "CPU_CHUNK", 16)
+    x = torch.rand(40, channels, 32, 32, generator=torch.Generator().manual_seed(1))
+    aug = BatchAugment()
+    params = aug.sample_params(40, x, torch.Generator().manual_seed(2))
+    out = aug.apply(x, params)
+    expected = torch.stack([torchvision_one(x[i], params, i, aug.padding) for i in range(40)])
+    differs = (out - expected).abs() > 1e-4
+    # Nearest-neighbour rotation may round a coordinate within float error of a pixel boundary
+    # the other way; anything beyond such rare pixels is a real mismatch.
+    assert differs.float().mean() < 1e-3
+    assert torch.allclose(out[~differs], expected[~differs], atol=1e-4)
+
+
+def test_hue_matches_adjust_hue_over_the_whole_circle():
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    x[:, :, 0, 0] = 0.5  # gray pixels have no hue and must stay gray
+    aug = BatchAugment(**{**OFF, "hue": 0.5})
+    params = aug.sample_params(64, x, torch.Generator().manual_seed(4))
+    expected = torch.stack([TF.adjust_hue(x[i], float(params.hue[i])) for i in range(64)])
+    assert torch.allclose(aug.apply(x, params), expected, atol=1e-5)
+    assert params.hue.min() < -0.45 and params.hue.max() > 0.45
