@@ -63,7 +63,7 @@ def _model(seed: int, **kwargs) -> CNNClassifier:
 
 
 def ours(args, seed: int) -> History:
-    L.seed_everything(seed, verbose=False)  # also seeds our shuffle (EpochShuffle reads the initial seed)
+    L.seed_everything(seed, verbose=False)  # also seeds our shuffle (the sampler reads PL_GLOBAL_SEED)
     datamodule = CIFAR10DataModule(data_dir=args.data, batch_size=64, num_workers=0, split_seed=seed)
     datamodule.setup("fit")  # decode/cache outside the timed part, as the reference's ImageFolder scan is
     stopper = _StopAtAccuracy(args.target)

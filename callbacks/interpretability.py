@@ -9,8 +9,7 @@ images. The callback only gathers the probe images and publishes the pictures;
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -21,6 +20,7 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
+from datamodules.augment import intra_op_threads
 from visualization.attributions import resolve_layers
 from visualization.pictures import INPUT_METHODS, render_pictures
 
@@ -213,7 +213,9 @@ class InterpretabilityDumps(L.Callback):
             return
         if self.probe_images is None and not self._choose_probes(trainer, pl_module):
             return
-        with _one_thread():
+        # A probe batch is about 10 small images: one thread draws it several times
+        # faster than two on a busy machine. Training never sees the change.
+        with intra_op_threads(1):
             pictures = render_pictures(
                 pl_module,
                 self._model_view(trainer, self.probe_images),
@@ -252,23 +254,6 @@ class InterpretabilityDumps(L.Callback):
             flat = x.flatten(2)
             x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
         return x
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One CPU thread for the dumps, restored after.
-
-    A probe batch (about 10 small images) gains little from torch's thread
-    pool, and where cores are shared with other processes the pool's threads
-    wait on each other: on a busy two-core machine one thread drew the
-    pictures several times faster than two. Training never sees the change.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _net(pl_module: nn.Module) -> nn.Module:

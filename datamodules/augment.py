@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["AugmentParams", "BatchAugment", "rgb_to_hsv", "hsv_to_rgb"]
+__all__ = ["AugmentParams", "BatchAugment", "intra_op_threads", "rgb_to_hsv", "hsv_to_rgb"]
 
 #: Images per piece when a CPU batch is processed. The work is a few dozen element-wise passes
 #: over [N, 3, 1025] tensors; at 64 images (~0.8 MB each) they stay in cache and reuse freed
@@ -220,7 +220,7 @@ class BatchAugment(nn.Module):
         n = x.shape[0]
         if x.device.type != "cpu":
             return self._apply(x, params)
-        with _intra_op_threads(self.cpu_threads):
+        with intra_op_threads(self.cpu_threads):
             return torch.cat(
                 [self._apply(x[i : i + CPU_CHUNK], params.rows(i, i + CPU_CHUNK)) for i in range(0, n, CPU_CHUNK)]
             )
@@ -327,8 +327,13 @@ class BatchAugment(nn.Module):
 
 
 @contextmanager
-def _intra_op_threads(threads: int) -> Iterator[None]:
-    """Run the block on ``threads`` intra-op threads, then restore the caller's setting."""
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` intra-op threads, then restore the caller's setting.
+
+    Small tensors gain little from torch's thread pool, and where cores are
+    shared its threads wait on each other at every barrier; the picture dumps
+    use it too.
+    """
     before = torch.get_num_threads()
     if before == threads:
         yield

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
+from datamodules.augment import intra_op_threads
 from lightning_modules.cnn import CNNClassifier
 from visualization.attributions import gradcam, pointing_game, resolve_layers
 
@@ -57,10 +58,8 @@ def shapes_on_noise(count: int, generator: torch.Generator) -> tuple[torch.Tenso
 @pytest.fixture
 def one_thread():
     """One torch thread: on a shared two-core machine two threads wait on each other (15x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with intra_op_threads(1):
+        yield
 
 
 def test_the_shapes_differ_only_in_shape():
