@@ -37,6 +37,8 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from user_input import UserInputError
+
 __all__ = ["RUN_RECORD_FILE", "RunRecorder", "hardware", "versions"]
 
 RUN_RECORD_FILE = "run.json"
@@ -93,7 +95,7 @@ class RunRecorder(L.Callback):
 
     def __init__(self, inference_batches: int = 5) -> None:
         if inference_batches < 0:
-            raise ValueError(
+            raise UserInputError(
                 f"inference_batches={inference_batches} must be 0 or more.\n"
                 "HINT: e.g. 5 batches; 0 turns the inference measurement off."
             )

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
+from user_input import UserInputError
+
 __all__ = ["DataError", "ImageSet", "IMAGE_SUFFIXES", "find_classes", "load_image_folder"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -36,7 +38,7 @@ USER_CACHE = Path.home() / ".cache" / "cifar-attention"
 MAX_LISTED = 20
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """A problem with the user's data; the message ends with a ``HINT:`` line."""
 
 

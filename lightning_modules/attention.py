@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from user_input import UserInputError
+
 __all__ = ["SqueezeExcite", "ChannelAttention", "SpatialAttention", "CBAM"]
 
 # Standard deviation of the weights that produce gate logits: small enough that
@@ -32,7 +34,7 @@ GATE_INIT_STD = 1e-2
 
 def _reduced(channels: int, rd_ratio: int) -> int:
     if channels < 1 or rd_ratio < 1:
-        raise ValueError(f"channels ({channels}) and rd_ratio ({rd_ratio}) must be positive.")
+        raise UserInputError(f"channels ({channels}) and rd_ratio ({rd_ratio}) must be positive.")
     return max(1, channels // rd_ratio)
 
 
@@ -78,7 +80,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}.")
+            raise UserInputError(f"kernel_size must be a positive odd number, got {kernel_size}.")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.gate = nn.Sigmoid()
         nn.init.normal_(self.conv.weight, std=GATE_INIT_STD)

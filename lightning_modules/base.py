@@ -19,6 +19,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from user_input import UserInputError
+
 __all__ = ["ImageClassifier", "reference_plateau"]
 
 
@@ -63,9 +65,9 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+            raise UserInputError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
         if len(input_shape) != 3 or min(input_shape) < 1:
-            raise ValueError(f"input_shape={list(input_shape)} must be (channels, height, width).")
+            raise UserInputError(f"input_shape={list(input_shape)} must be (channels, height, width).")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
@@ -154,7 +156,7 @@ def _check_optimizer(optimizer: OptimizerCallable) -> None:
     try:
         optimizer([nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as error:
-        raise ValueError(
+        raise UserInputError(
             f"model.optimizer is invalid: {error}.\n"
             "HINT: learning rates and weight decay must be non-negative numbers, "
             "e.g. --model.optimizer.lr 1e-3."

@@ -18,6 +18,8 @@ from torch import nn
 from lightning_modules.attention import SqueezeExcite
 from lightning_modules.base import ImageClassifier
 
+from user_input import UserInputError
+
 __all__ = ["CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier"]
 
 
@@ -50,7 +52,7 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 3:
-            raise ValueError(f"widths={list(widths)} must name 3 block widths (conv1..conv3).")
+            raise UserInputError(f"widths={list(widths)} must name 3 block widths (conv1..conv3).")
         self.conv1 = ConvBlock(in_channels, widths[0], se_ratio)
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = ConvBlock(widths[0], widths[1], se_ratio)
@@ -59,7 +61,7 @@ class CNN(nn.Module):
         self.pool3 = nn.MaxPool2d(2)
         height, width = (size // 8 for size in image_size)
         if min(height, width) < 1:
-            raise ValueError(f"The CNN needs images of at least 8x8 pixels, got {image_size}.")
+            raise UserInputError(f"The CNN needs images of at least 8x8 pixels, got {image_size}.")
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(widths[2] * height * width, hidden),

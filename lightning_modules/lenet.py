@@ -7,6 +7,8 @@ from torch import nn
 
 from lightning_modules.base import ImageClassifier
 
+from user_input import UserInputError
+
 __all__ = ["LeNet", "LeNetClassifier"]
 
 
@@ -22,7 +24,7 @@ class LeNet(nn.Module):
         # Each 5x5 valid conv trims 4 pixels, each pool halves: 32 -> 28 -> 14 -> 10 -> 5.
         height, width = (((size - 4) // 2 - 4) // 2 for size in image_size)
         if min(height, width) < 1:
-            raise ValueError(f"LeNet needs images of at least 16x16 pixels, got {image_size}.")
+            raise UserInputError(f"LeNet needs images of at least 16x16 pixels, got {image_size}.")
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(16 * height * width, 120),

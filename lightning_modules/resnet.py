@@ -22,12 +22,14 @@ from torchvision.models import ResNet18_Weights, resnet18
 from lightning_modules.attention import CBAM
 from lightning_modules.base import ImageClassifier
 
+from user_input import UserInputError
+
 __all__ = ["CifarResNet18", "ResNet18Classifier", "ResNet18CBAMClassifier", "PretrainedWeightsError"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserInputError):
     """ImageNet weights were asked for but could not be found or downloaded."""
 
 
@@ -96,7 +98,7 @@ class ResNet18Classifier(ImageClassifier):
     def __init__(self, pretrained: bool = False, backbone_lr: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if backbone_lr is not None and backbone_lr <= 0:
-            raise ValueError(
+            raise UserInputError(
                 f"model.backbone_lr={backbone_lr} must be positive.\nHINT: e.g. --model.backbone_lr 1e-5, "
                 "or leave it unset for one learning rate."
             )

@@ -12,6 +12,8 @@ from torch import nn
 
 from lightning_modules.base import ImageClassifier
 
+from user_input import UserInputError
+
 __all__ = ["VGG", "VGG_CONFIGS", "VGGClassifier", "make_layers"]
 
 # Integers are conv widths (3x3, padding 1); "M" is a 2x2 max-pool.
@@ -41,13 +43,13 @@ class VGG(nn.Module):
     def __init__(self, depth: int, in_channels: int, num_classes: int, image_size: tuple[int, int] = (32, 32)):
         super().__init__()
         if depth not in VGG_CONFIGS:
-            raise ValueError(f"VGG depth={depth} is not one of {sorted(VGG_CONFIGS)}.")
+            raise UserInputError(f"VGG depth={depth} is not one of {sorted(VGG_CONFIGS)}.")
         config = VGG_CONFIGS[depth]
         self.features = make_layers(config, in_channels)
         pools = config.count("M")
         height, width = (size // 2**pools for size in image_size)
         if min(height, width) < 1:
-            raise ValueError(f"VGG needs images of at least {2**pools}x{2**pools} pixels, got {image_size}.")
+            raise UserInputError(f"VGG needs images of at least {2**pools}x{2**pools} pixels, got {image_size}.")
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(config[-2] * height * width, num_classes)
 
