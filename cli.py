@@ -3,9 +3,12 @@
 A LightningCLI over every architecture in ``lightning_modules`` and every
 datamodule in ``datamodules``. What the data decide (class count, image shape,
 normalisation) is linked into the model, never typed twice. Runs log to
-``lightning_logs/<config name>/version_N``; ``--ckpt_path last`` (fit) and
-``--ckpt_path best`` (validate/test/predict) find the newest run of that name on
-disk and continue logging into it.
+``lightning_logs/<config name>/version_N``, under ``--trainer.default_root_dir``
+when one is given; ``--ckpt_path last`` (fit) and ``--ckpt_path best``
+(validate/test/predict) find the newest run of that name on disk and continue
+logging into it. ``--trainer.enable_checkpointing false`` runs without any.
+Mistakes in the user's input (``UserInputError``) exit with status 2 and a
+``HINT:``; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -28,13 +31,11 @@ from callbacks import (
 )
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
-from datamodules.image_folder import DataError
 from lightning_modules import ImageClassifier
-from lightning_modules.resnet import PretrainedWeightsError
+from user_input import UserInputError
 
-# Errors raised while building the model, data and callbacks from the config are
-# the user's input: they exit with status 2, like any other bad argument.
-CONFIG_ERRORS = (ValueError, TypeError, KeyError, PretrainedWeightsError)
+# The checkpoint callbacks every run gets unless checkpointing is turned off.
+CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
 
 
 class ProjectCLI(LightningCLI):
@@ -43,7 +44,9 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("num_classes", "input_shape", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Added as plain class groups, not as Lightning's callback keys, so that
+        # instantiate_trainer can leave them out under enable_checkpointing=False.
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -53,7 +56,7 @@ class ProjectCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
             }
         )
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_class_arguments(LastCheckpoint, "last_checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -67,6 +70,10 @@ class ProjectCLI(LightningCLI):
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]
+        _place_under_root_dir(config.trainer)
+        # validate/test/predict on a fitted run log into its folder: keep its fit config.yaml intact.
+        if self.subcommand != "fit":
+            self.save_config_kwargs["config_filename"] = f"config_{self.subcommand}.yaml"
         ckpt_path = config.get("ckpt_path")
         wanted = {"fit": "last"}.get(self.subcommand, "best")
         if ckpt_path in ("last", "best") and (ckpt_path == wanted or self.subcommand != "fit"):
@@ -95,27 +102,54 @@ class ProjectCLI(LightningCLI):
         init_args.version = int(version) if version.isdigit() else found[-1].parent.parent.name
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        trainer = config.get("trainer") or {}
         # Atomic checkpoint writes unless the config brings its own plugins.
-        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+        if not trainer.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("enable_checkpointing") is not False:
+            callbacks += [config[key] for key in CHECKPOINT_KEYS]
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except CONFIG_ERRORS as error:
-            self.parser.error(_user_message(error))
+        except Exception as error:
+            user_error = _user_input_error(error)
+            if user_error is None:
+                raise  # a bug, not a bad config: keep the traceback
+            self.parser.error(str(user_error))
 
 
-def _user_message(error: BaseException) -> str:
-    """The message of our own error inside jsonargparse's wrapping, which lists every union subtype."""
-    message = str(error)
+def _place_under_root_dir(trainer: Any) -> None:
+    """Resolve relative logger ``save_dir``s under ``default_root_dir``, as Lightning's default logger is."""
+    root = trainer.get("default_root_dir")
+    if not root:
+        return
+    root = Path(root)
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    for logger in loggers:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None or not init_args.get("save_dir"):
+            continue
+        save_dir = Path(init_args.save_dir)
+        already_there = save_dir.parts[: len(root.parts)] == root.parts  # e.g. a saved config.yaml run again
+        if not save_dir.is_absolute() and not already_there:
+            init_args.save_dir = str(root / save_dir)
+
+
+def _user_input_error(error: BaseException) -> UserInputError | None:
+    """Our own ``UserInputError`` anywhere in the chain jsonargparse wraps it in, else None."""
+    seen: set[int] = set()
     cause: BaseException | None = error
-    while cause is not None:
-        if "HINT:" in str(cause):
-            message = str(cause)  # keep the innermost: the wrappers repeat it amid noise
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserInputError):
+            return cause
+        seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    return message
+    return None
 
 
 def main(args: list[str] | None = None) -> ProjectCLI:
@@ -137,7 +171,7 @@ def main(args: list[str] | None = None) -> ProjectCLI:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
-    except DataError as error:  # found once the data are read, after the config was accepted
+    except UserInputError as error:  # found once training runs (data read, schedule checked), after parsing
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
 

@@ -7,7 +7,10 @@
 - ``LastCheckpoint`` is ``last.ckpt``: rewritten at every epoch end and, when
   fit stops on an exception (SIGTERM, Ctrl-C, a crash), at the step it stopped.
   The datamodule's sampler resumes mid-epoch at the next unseen batch, so
-  ``--ckpt_path last`` loses no finished step.
+  ``--ckpt_path last`` loses no finished step. A fit that fails before its
+  first training step (a refused resume, a bad schedule) writes nothing: its
+  optimiser state may not even be loaded yet, and the previous file is the
+  truth.
 - ``StopOnNonFiniteLoss`` stops at the first NaN/Inf loss, before its backward
   pass can reach the weights.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,12 @@ def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace``; never NaN weights."""
+    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace``; never NaN weights.
+
+    The temporary file is created with ``os.open(..., 0o666)`` so the umask
+    decides its mode, as for every other file the run writes (``mkstemp``
+    would make checkpoints readable by their owner only).
+    """
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -57,7 +65,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(handle, "wb") as file:
                 torch.save(checkpoint, file)
@@ -77,36 +86,51 @@ class LastCheckpoint(ModelCheckpoint):
 
     Args:
         filename: File name without ``.ckpt``.
-        save_on_exception: Also save when fit stops on an exception, SIGTERM and Ctrl-C included.
+        save_on_exception: Also save when fit stops on an exception, SIGTERM and Ctrl-C included,
+            once it has trained at least one step.
         **kwargs: Passed to ``ModelCheckpoint``.
     """
 
     def __init__(self, filename: str = "last", save_on_exception: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_top_k", 1)
         kwargs.setdefault("enable_version_counter", False)
-        super().__init__(filename=filename, save_on_exception=save_on_exception, **kwargs)
+        super().__init__(filename=filename, **kwargs)
+        self.save_on_exception = save_on_exception
+        self._first_step: int | None = None  # global step when this fit's training began
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_step = None
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first_step = trainer.global_step  # everything a resume restores is in place by now
+        super().on_train_start(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn != "fit":
+        if not self.save_on_exception or trainer.state.fn != "fit":
             return
+        if self._first_step is None or trainer.global_step == self._first_step:
+            return  # nothing trained: the optimiser and loops may not be restored, the previous file is the truth
         # Saving is collective under DDP: only SIGTERM, which Lightning raises on
         # every rank at the same step, is sure to reach all of them.
         if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
             return
+        path = self.format_checkpoint_name({})
         if non_finite_weights(pl_module.state_dict()):  # the step that diverged already reached BatchNorm
-            rank_zero_warn(f"Not saving {self.format_checkpoint_name({})} at step {trainer.global_step}: the model "
-                           "holds NaN/Inf values; the file keeps the last good state.")
+            rank_zero_warn(f"Not saving {path} at step {trainer.global_step}: the model holds NaN/Inf values; "
+                           "the file keeps the last good state.")
             return
         try:
-            super().on_exception(trainer, pl_module, exception)
+            trainer.save_checkpoint(path, self.save_weights_only)
         except Exception as error:  # never hide the original exception behind a failed save
-            rank_zero_warn(f"Could not save {self.format_checkpoint_name({})} after {type(exception).__name__}: {error}")
+            rank_zero_warn(f"Could not save {path} after {type(exception).__name__}: {error}")
             return
-        if trainer.is_global_zero and self._last_global_step_saved == trainer.global_step:
+        if trainer.is_global_zero:
             print(
                 f"\n{type(exception).__name__} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                f"saved {self.format_checkpoint_name({})}.\nHINT: resume with the same command plus --ckpt_path last.",
+                f"saved {path}.\nHINT: resume with the same command plus --ckpt_path last.",
                 file=sys.stderr,
             )
 

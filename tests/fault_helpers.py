@@ -7,6 +7,9 @@ import signal
 
 import lightning as L
 
+from lightning_modules import CNNClassifier
+from lightning_private import batches_trained_this_epoch
+
 
 class SigtermAtStep(L.Callback):
     """Send SIGTERM to this process once the given global step has finished, as a cluster preempting a job."""
@@ -39,3 +42,21 @@ class NaNInputAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             batch[0].fill_(float("nan"))
+
+
+class BuggyCNNClassifier(CNNClassifier):
+    """A model whose constructor has a programming error, as a typo in a user's subclass would."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.widths = len(kwargs["num_classes"])  # len() of an int: TypeError
+
+
+class BatchesTrainedRecorder(L.Callback):
+    """Record, after each training batch, what the adapter says the epoch has trained."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append((trainer.current_epoch, batch_idx, batches_trained_this_epoch(trainer)))
