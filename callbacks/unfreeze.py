@@ -51,7 +51,6 @@ would rescale or break when groups appear, so they are refused at start.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,10 +59,13 @@ import lightning as L
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
+
+from lightning_private import rewrap_ddp
+
+from user_input import UserInputError
 
 __all__ = ["ProgressiveUnfreeze", "Stage"]
 
@@ -94,25 +96,25 @@ class Stage:
         unknown = set(config) - {"epoch", "train", "lr"}
         missing = {"epoch", "train", "lr"} - set(config)
         if unknown or missing:
-            raise ValueError(
+            raise UserInputError(
                 f"stages[{index}]={dict(config)}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}.\n"
                 "HINT: each stage is {epoch: 0, train: [conv1, cbam, fc], lr: 1.0e-3}."
             )
         epoch, train, lr = config["epoch"], config["train"], config["lr"]
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"stages[{index}].epoch={epoch!r} must be a non-negative integer (epochs count from 0).")
+            raise UserInputError(f"stages[{index}].epoch={epoch!r} must be a non-negative integer (epochs count from 0).")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"stages[{index}].lr={lr!r} must be a positive number.\nHINT: e.g. lr: 1.0e-4.")
+            raise UserInputError(f"stages[{index}].lr={lr!r} must be a positive number.\nHINT: e.g. lr: 1.0e-4.")
         if train == ALL:
             return cls(epoch, None, float(lr))
         if isinstance(train, str) or not isinstance(train, Sequence) or not train:
-            raise ValueError(
+            raise UserInputError(
                 f"stages[{index}].train={train!r} must be `all` or a non-empty list of module names.\n"
                 "HINT: e.g. train: [conv1, cbam, fc], or train: [+layer3] to add to the previous stage."
             )
         added = [name.startswith("+") for name in train]
         if any(added) and not all(added):
-            raise ValueError(
+            raise UserInputError(
                 f"stages[{index}].train={list(train)} mixes `+name` and `name`.\n"
                 "HINT: write every name with `+` to add to the previous stage, or none to list the full set."
             )
@@ -122,7 +124,8 @@ class Stage:
 class ProgressiveUnfreeze(L.Callback):
     """Train more of the model at each stage, each newly unfrozen part in its own parameter group.
 
-    Logs ``unfreeze/stage`` and ``lr/<group name>`` each epoch. ``stage_start_steps``
+    Logs ``unfreeze/stage`` each epoch; each group's rate is Lightning's
+    ``LearningRateMonitor``'s job (``lr-Adam/stage<i>``). ``stage_start_steps``
     (the global step at which each stage began) and ``stage_boundaries`` (their
     epochs) let plots mark the stages; the former is kept in checkpoints.
 
@@ -152,24 +155,24 @@ class ProgressiveUnfreeze(L.Callback):
         lr_applies_to: Literal["all", "added"] = "all",
     ) -> None:
         if lr_applies_to not in ("all", "added"):
-            raise ValueError(
+            raise UserInputError(
                 f"lr_applies_to={lr_applies_to!r} is not one of 'all', 'added'.\n"
                 "HINT: 'all' lowers every group to the stage's rate (SPEC), 'added' only the new group."
             )
         self.lr_applies_to = lr_applies_to
         if not stages:
-            raise ValueError(
+            raise UserInputError(
                 "ProgressiveUnfreeze needs at least one stage.\nHINT: e.g. stages: [{epoch: 0, train: all, lr: 1.0e-3}]."
             )
         self.stages = [Stage.from_config(index, stage) for index, stage in enumerate(stages)]
         if self.stages[0].epoch != 0:
-            raise ValueError(
+            raise UserInputError(
                 f"stages[0].epoch={self.stages[0].epoch}: the first stage must start at epoch 0, "
                 "or nothing would train before it.\nHINT: set the first stage's epoch to 0."
             )
         epochs = [stage.epoch for stage in self.stages]
         if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
-            raise ValueError(f"Stage epochs {epochs} must be strictly increasing.\nHINT: e.g. 0, 5, 20.")
+            raise UserInputError(f"Stage epochs {epochs} must be strictly increasing.\nHINT: e.g. 0, 5, 20.")
         self.train_bn = train_bn
         self.reset_optimizer = reset_optimizer
         self.stage = -1  # index of the stage in effect; -1 before fit starts
@@ -191,7 +194,7 @@ class ProgressiveUnfreeze(L.Callback):
         if stage != "fit":
             return
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
-            raise ValueError(
+            raise UserInputError(
                 f"ProgressiveUnfreeze supports single-device and DDP training, not {type(trainer.strategy).__name__}.\n"
                 "HINT: use --trainer.strategy ddp (or auto on one device)."
             )
@@ -217,7 +220,7 @@ class ProgressiveUnfreeze(L.Callback):
             previous = {id(p) for p in self._trainable[-1]} if self._trainable else set()
             if not previous < chosen:
                 what = "would freeze parameters that already train" if previous - chosen else "adds no parameters"
-                raise ValueError(
+                raise UserInputError(
                     f"stages[{index}] (train={_describe(stage)}) {what}.\n"
                     "HINT: each stage must unfreeze more of the model; write `+name` to add to the previous stage."
                 )
@@ -228,7 +231,7 @@ class ProgressiveUnfreeze(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         optimizer = _single_optimizer(trainer)
         if len(optimizer.param_groups) > 1:
-            raise ValueError(
+            raise UserInputError(
                 f"The model's optimiser has {len(optimizer.param_groups)} parameter groups, but ProgressiveUnfreeze "
                 "sets the groups and their learning rates itself.\n"
                 "HINT: leave model.backbone_lr unset when the trainer has a ProgressiveUnfreeze callback."
@@ -261,7 +264,7 @@ class ProgressiveUnfreeze(L.Callback):
                 optimizer.state.clear()
                 self._add_group(optimizer, target, self._trainable[target])
                 if scheduler is not None:
-                    scheduler._reset()  # the source built a fresh scheduler with its fresh optimiser
+                    _restart_plateau(scheduler)  # the source built a fresh scheduler with its fresh optimiser
             else:
                 for index in range(self.stage + 1, target + 1):
                     self._add_group(optimizer, index, self._new_in(index))
@@ -272,8 +275,7 @@ class ProgressiveUnfreeze(L.Callback):
             _fit_plateau(scheduler, optimizer)
             self._apply_trainable(trainer, pl_module)
         self._apply_batch_norm_modes(pl_module)
-        rates = {f"lr/{group['name']}": float(group["lr"]) for group in _single_optimizer(trainer).param_groups}
-        pl_module.log_dict({"unfreeze/stage": float(self.stage), **rates}, on_step=False, on_epoch=True)
+        pl_module.log("unfreeze/stage", float(self.stage), on_step=False, on_epoch=True)
 
     def _new_in(self, index: int) -> list[nn.Parameter]:
         """Parameters that start training at stage ``index``."""
@@ -294,7 +296,7 @@ class ProgressiveUnfreeze(L.Callback):
         trainable = {id(p) for p in self._trainable[self.stage]}
         for param in pl_module.parameters():
             param.requires_grad_(id(param) in trainable)
-        _rewrap_ddp(trainer)
+        rewrap_ddp(trainer)
 
     def _apply_batch_norm_modes(self, pl_module: L.LightningModule) -> None:
         """Frozen BatchNorm in eval mode, so its running statistics stay put."""
@@ -313,7 +315,7 @@ class ProgressiveUnfreeze(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         stage = state_dict["stage"]
         if stage >= len(self.stages):
-            raise ValueError(
+            raise UserInputError(
                 f"The checkpoint is at unfreeze stage {stage}, but this schedule has {len(self.stages)} stages.\n"
                 "HINT: resume with the schedule the checkpoint was trained with."
             )
@@ -333,7 +335,7 @@ def _submodule(root: nn.Module, name: str, index: int) -> nn.Module:
         return root.get_submodule(name)
     except AttributeError:
         valid = [n for n, _ in root.named_modules() if n and n.count(".") < 2]
-        raise ValueError(
+        raise UserInputError(
             f"stages[{index}]: the model has no module {name!r}.\n"
             f"HINT: use one of {valid}, a dotted path below them, or `all`."
         ) from None
@@ -341,7 +343,7 @@ def _submodule(root: nn.Module, name: str, index: int) -> nn.Module:
 
 def _single_optimizer(trainer: L.Trainer) -> Optimizer:
     if len(trainer.optimizers) != 1:
-        raise ValueError(
+        raise UserInputError(
             f"ProgressiveUnfreeze needs exactly one optimiser, the model configured {len(trainer.optimizers)}.\n"
             "HINT: return one optimiser from configure_optimizers."
         )
@@ -355,14 +357,14 @@ def _plateau_or_none(trainer: L.Trainer) -> ReduceLROnPlateau | None:
         return None
     if len(schedulers) > 1 or not isinstance(schedulers[0], ReduceLROnPlateau):
         names = [type(s).__name__ for s in schedulers]
-        raise ValueError(
+        raise UserInputError(
             f"ProgressiveUnfreeze works with ReduceLROnPlateau or a constant learning rate, not {names}: "
             "schedulers that compute rates from per-group base rates break or rescale when groups are added.\n"
             "HINT: use torch.optim.lr_scheduler.ReduceLROnPlateau, or --model.scheduler null."
         )
     scheduler = schedulers[0]
     if scheduler.default_min_lr is None and len(set(scheduler.min_lrs)) > 1:
-        raise ValueError(
+        raise UserInputError(
             f"ReduceLROnPlateau has per-group min_lr {scheduler.min_lrs}, which cannot cover groups added later.\n"
             "HINT: give min_lr as one number."
         )
@@ -370,25 +372,15 @@ def _plateau_or_none(trainer: L.Trainer) -> ReduceLROnPlateau | None:
 
 
 def _fit_plateau(scheduler: ReduceLROnPlateau | None, optimizer: Optimizer) -> None:
-    """One minimum and one last rate per group, as the scheduler expects."""
+    """One minimum rate per group, as the scheduler expects when it lowers them."""
     if scheduler is None:
         return
     floor = scheduler.default_min_lr if scheduler.default_min_lr is not None else scheduler.min_lrs[0]
     scheduler.min_lrs = [floor] * len(optimizer.param_groups)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _rewrap_ddp(trainer: L.Trainer) -> None:
-    """Wrap the module in a new DDP that registers the parameters that require grad now.
-
-    All ranks reach this at the same epoch, as DDP's construction is collective.
-    The old wrapper is dropped first so its reducer's gradient hooks go with it.
-    """
-    strategy = trainer.strategy
-    if not isinstance(strategy, DDPStrategy) or not isinstance(strategy.model, DistributedDataParallel):
-        return
-    module = strategy.model.module
-    strategy.model = module
-    gc.collect()
-    strategy.model = strategy._setup_model(module)
-    strategy._register_ddp_hooks()
+def _restart_plateau(scheduler: ReduceLROnPlateau) -> None:
+    """Forget the best loss and the patience spent, as a newly built scheduler would."""
+    scheduler.best = scheduler.mode_worse
+    scheduler.num_bad_epochs = 0
+    scheduler.cooldown_counter = 0

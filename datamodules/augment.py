@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as F
 
+from user_input import UserInputError
+
 __all__ = ["AugmentParams", "BatchAugment", "intra_op_threads", "rgb_to_hsv", "hsv_to_rgb"]
 
 #: Images per piece when a CPU batch is processed. The work is a few dozen element-wise passes
@@ -87,7 +89,7 @@ class AugmentParams:
 def _check_range(name: str, value: float, low: float, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         legal = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be a number {legal}, got {value!r}.")
+        raise UserInputError(f"{name} must be a number {legal}, got {value!r}.")
     return float(value)
 
 
@@ -110,10 +112,11 @@ class BatchAugment(nn.Module):
     The crop keeps the input's size (32x32 for CIFAR-10). It has no learnable state; it is an
     ``nn.Module`` so a LightningModule can hold it and it follows ``.to(device)``.
 
-    On a CPU it runs on ``cpu_threads`` intra-op threads and restores the setting after:
-    its tensors are small, and OpenMP barriers between threads that the OS has descheduled
-    measured 40-300x slower on a busy 2-core machine (a PyTorch-wide effect, not specific to
-    this class); the model step around it keeps all its threads.
+    Threads: by default it runs on whatever torch's intra-op setting is, and
+    touches no process-wide state. On a busy machine with few cores, OpenMP
+    barriers between threads that the OS has descheduled measured 40-300x
+    slower than one thread (a PyTorch-wide effect): set ``OMP_NUM_THREADS=1``
+    for the whole run there, or opt in with ``cpu_threads``.
 
     Args:
         padding: Zero padding in pixels on each side before the random crop.
@@ -123,10 +126,12 @@ class BatchAugment(nn.Module):
         saturation: Spread of the saturation factor, >= 0.
         hue: Largest hue shift, in [0, 0.5] (0.5 is half the colour circle).
         degrees: Largest rotation in degrees, in [0, 180].
-        cpu_threads: Intra-op threads for a batch on the CPU. One: on this project's shared
-            2-core machines, under load, two threads measured 40-300x slower than one
-            (``benchmarks/input_pipeline.py --threads 1 2``); on the same machine left quiet,
-            one thread made a CNN ``fit`` 1-15 % slower than two (3 interleaved rounds).
+        cpu_threads: If set, run each CPU batch on this many intra-op threads and
+            restore the caller's setting after (``torch.set_num_threads`` is
+            process-wide, so other threads of the process see the change meanwhile).
+            On shared 2-core machines under load, one thread measured 40-300x faster
+            than two (``benchmarks/input_pipeline.py --threads 1 2``); left quiet,
+            one thread made a CNN ``fit`` 1-15 % slower than two.
 
     Raises:
         ValueError: If an argument is outside its legal range; the message names it.
@@ -141,11 +146,11 @@ class BatchAugment(nn.Module):
         saturation: float = 0.2,
         hue: float = 0.1,
         degrees: float = 15.0,
-        cpu_threads: int = 1,
+        cpu_threads: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0 (pixels), got {padding!r}.")
+            raise UserInputError(f"padding must be an integer >= 0 (pixels), got {padding!r}.")
         self.padding = padding
         self.flip_p = _check_range("flip_p", flip_p, 0.0, 1.0)
         self.brightness = _check_range("brightness", brightness, 0.0)
@@ -153,8 +158,9 @@ class BatchAugment(nn.Module):
         self.saturation = _check_range("saturation", saturation, 0.0)
         self.hue = _check_range("hue", hue, 0.0, 0.5)
         self.degrees = _check_range("degrees", degrees, 0.0, 180.0)
-        if isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1:
-            raise ValueError(f"cpu_threads must be an integer >= 1, got {cpu_threads!r}.")
+        if cpu_threads is not None and (isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int)
+                                        or cpu_threads < 1):
+            raise UserInputError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}.")
         self.cpu_threads = cpu_threads
 
     def extra_repr(self) -> str:
@@ -220,7 +226,7 @@ class BatchAugment(nn.Module):
         n = x.shape[0]
         if x.device.type != "cpu":
             return self._apply(x, params)
-        with intra_op_threads(self.cpu_threads):
+        with intra_op_threads(self.cpu_threads or torch.get_num_threads()):
             return torch.cat(
                 [self._apply(x[i : i + CPU_CHUNK], params.rows(i, i + CPU_CHUNK)) for i in range(0, n, CPU_CHUNK)]
             )
@@ -353,7 +359,7 @@ def _outside(coord: Tensor, size: int) -> Tensor:
 def _check_batch(x: Tensor) -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 4 or x.shape[1] not in (1, 3):
         got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
+        raise UserInputError(
             f"BatchAugment expects float images in [0, 1] shaped [N, 1 or 3, H, W], got a {got}.\n"
             "HINT: convert uint8 batches with x.float() / 255 (or v2.functional.to_dtype(x, scale=True))."
         )

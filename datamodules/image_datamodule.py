@@ -17,7 +17,6 @@ Where images come from is decided by what ``data_dir`` holds:
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
-from datamodules.sampling import EvalShardSampler, ResumableShuffleSampler, loader_generator
+from datamodules.sampling import EvalShardSampler, ResumableLoader, ResumableShuffleSampler, loader_generator
+from lightning_private import batches_trained_this_epoch
 
 __all__ = ["ImageDataModule", "InMemoryImages"]
 
@@ -163,7 +163,7 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: InMemoryImages | None = None
         self._permutation: torch.Tensor | None = None
         self._shuffle_seed: int | None = None
-        self._resume_at: tuple[int, int] | None = None
+        self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
 
     # ---- where the data come from -------------------------------------------------
 
@@ -289,23 +289,31 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError("setup() must run before the dataloaders are requested.")
         on_host = not dataset.images.is_cuda
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        if shuffle:
-            sampler = ResumableShuffleSampler(dataset, self.shuffle_seed, num_replicas=world_size, rank=rank)
-            if self._resume_at is not None:
-                sampler.resume_at(*self._resume_at)
-                self._resume_at = None
-        else:
-            sampler = EvalShardSampler(dataset, num_replicas=world_size, rank=rank)
-        return DataLoader(
-            dataset,
+        options = dict(
             batch_size=self.batch_size,
-            sampler=sampler,
             generator=loader_generator(self.shuffle_seed),
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             pin_memory=self.pin_memory and on_host and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+        if shuffle:
+            sampler = ResumableShuffleSampler(dataset, self.shuffle_seed, num_replicas=world_size, rank=rank)
+            if self._resume_at is not None:
+                # Set before the loader exists: its workers read the order as soon as the first iterator
+                # is made, before Lightning sets the epoch, and Lightning hands a loader its state only
+                # when it resumes mid-epoch, not after an epoch's end.
+                sampler.resume_at(*self._resume_at)
+                self._resume_at = None
+            return ResumableLoader(dataset, sampler=sampler, position=self._position, **options)
+        return DataLoader(dataset, sampler=EvalShardSampler(dataset, num_replicas=world_size, rank=rank), **options)
+
+    def _position(self) -> dict[str, int]:
+        """The current training epoch and the samples of it this rank has trained."""
+        if self.trainer is None:
+            return {}
+        done = batches_trained_this_epoch(self.trainer) * self.batch_size
+        return {"epoch": self.trainer.current_epoch, "samples_done": done}
 
     @property
     def shuffle_seed(self) -> int:
@@ -316,20 +324,13 @@ class ImageDataModule(L.LightningDataModule):
         return self._shuffle_seed
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training order stands, so a mid-epoch checkpoint resumes at the next unseen batch."""
-        state: dict[str, Any] = {"shuffle_seed": self.shuffle_seed}
-        if self.trainer is not None:
-            # "processed" counts the batches Lightning itself resumes after, whichever hook saved.
-            batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            state.update(epoch=self.trainer.current_epoch, samples_done=batches_done * self.batch_size)
-        return state
+        """The shuffle seed and where the training epoch stands, so a resume continues at the next unseen batch."""
+        return {"shuffle_seed": self.shuffle_seed, **self._position()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._shuffle_seed = state_dict.get("shuffle_seed", self._shuffle_seed)
         if "epoch" in state_dict:
             self._resume_at = (state_dict["epoch"], state_dict["samples_done"])
-            # Lightning warns that a mid-epoch resume repeats batches; this sampler skips them.
-            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -7,6 +7,7 @@ moments than the straight run did, and every later augmentation draw shifts
 no loader touches the global generator. The training order of epoch ``e`` is
 ``randperm`` seeded with ``seed + e``, and a resumed run skips the batches the
 interrupted epoch had already trained on, which Lightning counts for us.
+``ResumableLoader`` shows Lightning that the training loader resumes.
 
 Both samplers subclass ``DistributedSampler``: Lightning then keeps them under
 DDP instead of injecting its own, and each rank reads its own shard.
@@ -14,13 +15,14 @@ DDP instead of injecting its own, and each rank reads its own shard.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from typing_extensions import override
 
-__all__ = ["EvalShardSampler", "ResumableShuffleSampler"]
+__all__ = ["EvalShardSampler", "ResumableLoader", "ResumableShuffleSampler", "loader_generator"]
 
 
 class ResumableShuffleSampler(DistributedSampler):
@@ -82,3 +84,32 @@ class EvalShardSampler(DistributedSampler):
 def loader_generator(seed: int) -> torch.Generator:
     """A private generator for a DataLoader's worker seeds, so building a loader draws nothing globally."""
     return torch.Generator().manual_seed(seed)
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that tells Lightning it resumes mid-epoch, and how far its epoch got.
+
+    Lightning saves the ``state_dict`` of a training loader that has one and,
+    when it resumes mid-epoch, hands it back to ``load_state_dict`` before the
+    first iterator is made; for such a loader it does not warn that a resume
+    repeats batches. The datamodule sets the same position when it builds the
+    loader, since after an epoch's end Lightning restores no loader state.
+
+    Args:
+        *args: Passed to ``DataLoader``; the sampler must be a ``ResumableShuffleSampler``.
+        position: Returns ``{"epoch": ..., "samples_done": ...}`` for this rank, or ``{}`` outside fit.
+        **kwargs: Passed to ``DataLoader``.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], dict[str, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableShuffleSampler):
+            raise TypeError(f"ResumableLoader needs a ResumableShuffleSampler, got {type(self.sampler).__name__}.")
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        return self.position()
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:
+            self.sampler.resume_at(state_dict["epoch"], state_dict["samples_done"])

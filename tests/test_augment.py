@@ -136,16 +136,18 @@ def test_bad_arguments_are_named(kwargs, named):
         BatchAugment(**kwargs)
 
 
-def test_cpu_batches_use_cpu_threads_and_restore_the_setting(monkeypatch):
-    augment = BatchAugment(cpu_threads=1)
-    inside = []
+@pytest.mark.parametrize(("cpu_threads", "inside"), [(None, [2, 2, 2]), (1, [1, 1, 1])])
+def test_cpu_threads_apply_only_when_asked_and_the_setting_is_restored(cpu_threads, inside, monkeypatch):
+    # By default a library call must not touch the process-wide thread count; asked, it uses and restores it.
+    augment = BatchAugment(cpu_threads=cpu_threads)
+    seen = []
     real = augment._apply
-    monkeypatch.setattr(augment, "_apply", lambda *a: inside.append(torch.get_num_threads()) or real(*a))
+    monkeypatch.setattr(augment, "_apply", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         augment(torch.rand(130, 3, 32, 32))
-        assert inside == [1, 1, 1] and torch.get_num_threads() == 2  # 3 chunks of at most 64 images
+        assert seen == inside and torch.get_num_threads() == 2  # 3 chunks of at most 64 images
     finally:
         torch.set_num_threads(before)
 

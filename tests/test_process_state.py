@@ -1,0 +1,44 @@
+"""A run leaves the process as it found it, and the one Lightning internal we read means what we assume.
+
+Library code (callbacks, loaders, the datamodule) must not install warning
+filters or change thread counts for the whole process: users embed these
+classes in their own programs and notebooks.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tests.fault_helpers import BatchesTrainedRecorder
+from tests.test_cli import tiny_args
+
+CNN = REPO / "configs" / "cnn.yaml"
+# 60 training images in batches of 16: 4 steps an epoch, the last one of 12 images.
+SMALL = ["--data.batch_size", "16", "--trainer.limit_val_batches", 1]
+
+
+def test_batches_trained_this_epoch_counts_each_finished_batch(tiny_data, run_cli):
+    cli = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2,
+                  "--trainer.callbacks+=tests.fault_helpers.BatchesTrainedRecorder")
+    (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, BatchesTrainedRecorder)]
+    assert recorder.seen == [(epoch, i, i + 1) for epoch in (0, 1) for i in range(4)]
+
+
+def test_a_crash_and_a_mid_epoch_resume_leave_warning_filters_and_threads_as_found(tiny_data, run_cli):
+    filters, threads = list(warnings.filters), torch.get_num_threads()
+    common = [*tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2]
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run_cli("fit", *common, "--trainer.callbacks+=tests.fault_helpers.CrashAtStep",
+                "--trainer.callbacks.init_args.step", 6, "--trainer.callbacks.init_args.ctrl_c", "false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run_cli("fit", *common, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == 8
+    # Lightning knows the training loader resumes mid-epoch, so it has nothing to warn about.
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    assert list(warnings.filters) == filters
+    assert torch.get_num_threads() == threads
