@@ -235,6 +235,58 @@ def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
     assert (tmp_path / "out/gradcam_all_layers.png").is_file()
 
 
+def _ran(marker: str) -> None:
+    Path(marker).write_text("ran")
+
+
+class _Payload:
+    """Unpickling this calls ``_ran``: what a malicious checkpoint does with ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return _ran, (str(self.marker),)
+
+
+class _Note:
+    """A harmless object that ``weights_only`` loading does not know."""
+
+
+def _checkpoint_with(run: Path, tmp_path: Path, extra: object) -> Path:
+    checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=True)
+    checkpoint["extra"] = extra
+    path = tmp_path / "sent.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_explain_refuses_a_checkpoint_that_would_run_code(fitted, tmp_path, capsys):
+    _, _, _, _, run = fitted
+    marker = tmp_path / "ran"
+    ckpt = _checkpoint_with(run, tmp_path, _Payload(marker))
+    args = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS,
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{__name__}._ran" in err and "--trust-checkpoint" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_explain_loads_a_checkpoint_with_other_objects_only_when_trusted(fitted, tmp_path, capsys):
+    _, _, _, _, run = fitted
+    ckpt = _checkpoint_with(run, tmp_path, _Note())
+    args = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS,
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        explain.main(args)
+    assert f"{__name__}._Note" in capsys.readouterr().err
+    assert explain.main([*args, "--trust-checkpoint"]) == 0
+    assert (tmp_path / "out/gradcam_all_layers.png").is_file()
+
+
 def test_cli_validate_draws_and_explain_reads_the_run_config(tiny_data, run_cli, tmp_path):
     args = ["--config", REPO / "configs/cnn.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
