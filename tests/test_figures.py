@@ -12,7 +12,6 @@ from tests.pictures_helpers import grid_cells as cells
 from visualization.figures import (
     GRID_PAD,
     channel_gates_figure,
-    denormalize,
     epoch_curves_figure,
     feature_maps_grid,
     figure_to_image,
@@ -71,12 +70,6 @@ def test_heatmap_overlay_fixed_range_keeps_absolute_values(images):
     heat[0, 0] = 0.98
     out = heatmap_overlay(images[0], heat, alpha=1.0, value_range=(0.0, 1.0))
     assert (out[..., 2] < 0.3).all()
-
-
-def test_denormalize_inverts_normalize(images):
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-    assert torch.allclose(denormalize((images - m) / s, mean, std), images, atol=1e-6)
 
 
 def test_loss_curve_with_boundaries():

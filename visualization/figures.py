@@ -1,8 +1,8 @@
 """The project's pictures as pure functions: tensors and lists in, figures or pixels out.
 
 Two kinds, by cost. Pictures made of images (Grad-CAM overlays, feature maps)
-are image grids: cells composed as tensors with torchvision's ``make_grid`` and
-captioned with PIL, straight to an ``[H, W, 3]`` uint8 array. Building one
+are image grids (:func:`image_grid`): cells enlarged and pasted into one numpy
+array and captioned with PIL, straight to an ``[H, W, 3]`` uint8 array. Building one
 matplotlib axes costs about 15 ms, so a grid of 70 images took over a second
 as a figure and takes a few tens of milliseconds this way. Charts (loss
 curves, gate strips with a colour bar) are matplotlib figures: ``matplotlib.figure.Figure`` with an Agg canvas, never
@@ -14,9 +14,8 @@ written to disk, and it is safe in training processes and DataLoader workers.
 Input conventions:
 
 * Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) float tensors in ``[0, 1]``,
-  i.e. already de-normalised; :func:`denormalize` undoes the dataset
-  normalisation. An image outside ``[0, 1]`` is min-max scaled for display
-  rather than clipped to a blank.
+  as the models take them (they normalise internally). An image outside
+  ``[0, 1]`` is min-max scaled for display rather than clipped to a blank.
 * Maps (CAMs, activations, gates) are plain tensors; any scaling needed for
   display happens here. Constant or all-zero maps render blank but finite.
 * Labels and predictions are class indices; ``classes`` maps them to names.
@@ -39,7 +38,6 @@ from torch import Tensor
 __all__ = [
     "GRID_PAD",
     "channel_gates_figure",
-    "denormalize",
     "epoch_curves_figure",
     "feature_maps_grid",
     "figure_to_image",
@@ -94,26 +92,6 @@ def figure_to_image(fig: Figure) -> np.ndarray:
         for ax in list(fig.axes):
             fig.delaxes(ax)
     return image
-
-
-def denormalize(
-    images: Tensor, mean: Sequence[float], std: Sequence[float]
-) -> Tensor:
-    """Undo ``Normalize(mean, std)`` so images can be shown, clipped to ``[0, 1]``.
-
-    Args:
-        images: ``[3, H, W]`` or ``[N, 3, H, W]`` normalised images.
-        mean: Per-channel mean used for normalisation (from the data module).
-        std: Per-channel standard deviation used for normalisation.
-
-    Returns:
-        Images in ``[0, 1]``, same shape, float, on the CPU.
-    """
-    images = images.detach().float().cpu()
-    shape = (-1, 1, 1)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(shape)
-    s = torch.as_tensor(std, dtype=torch.float32).view(shape)
-    return (images * s + m).clamp(0, 1)
 
 
 def heatmap_overlay(
