@@ -158,6 +158,14 @@ def test_layer_gradcam_grid_wraps_ten_to_a_row():
     assert all((cell == 255).all() for cell in grid[1][2:])
 
 
+def test_an_unknown_true_class_reads_as_a_question_mark():
+    cam = torch.rand(1, 16, 16)
+    image = torch.rand(1, 3, 16, 16)
+    unknown = layer_gradcam_grid(image, cam, [-1], [1], CLASSES)
+    # The same picture drawn with a class actually named "?": captions "true: ?" / "pred: dog".
+    assert np.array_equal(unknown, layer_gradcam_grid(image, cam, [0], [1], ["?", "dog", "ship"]))
+
+
 def test_feature_maps_grid_ranks_channels_and_keeps_blank_channels_finite(images):
     act = torch.zeros(2, 5, 8, 8)
     act[:, 3] = torch.rand(8, 8) + 2  # the strongest channel comes first

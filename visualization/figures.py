@@ -338,7 +338,7 @@ def layer_gradcam_grid(
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
         cam: ``[N, H, W]``, one layer's maps.
-        labels: True class index per image.
+        labels: True class index per image, -1 when unknown (captioned ``true: ?``).
         preds: Predicted class index per image.
         classes: Class names, indexed by class.
 
@@ -565,10 +565,12 @@ def _signed_to_unit(attr: Tensor) -> np.ndarray:
 
 
 def _true_pred(label: int | Tensor, pred: int | Tensor, classes: Sequence[str] | None) -> str:
-    """'true: X / pred: Y' (on two lines) with class names when known."""
+    """'true: X / pred: Y' (on two lines) with class names when known; 'true: ?' for a label of -1 (unknown)."""
     def name(index: int | Tensor) -> str:
         i = int(index)
-        return classes[i] if classes is not None and 0 <= i < len(classes) else str(i)
+        if i < 0:
+            return "?"  # e.g. an image explain.py read from outside any class folder
+        return classes[i] if classes is not None and i < len(classes) else str(i)
 
     # Two lines: long class names must fit a 32x32 image cell.
     return f"true: {name(label)}\npred: {name(pred)}"

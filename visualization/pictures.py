@@ -117,7 +117,7 @@ def render_pictures(
             (our LightningModules normalise internally).
         images: ``[N, C, H, W]`` floats in ``[0, 1]``; moved to the model's
             device and floating dtype.
-        labels: True class per image (``-1`` when unknown).
+        labels: True class per image (``-1`` when unknown: captioned ``true: ?``).
         classes: Class names indexed by class.
         layers: Layer names relative to ``layer_root``, low to high.
         layer_root: Module the names are resolved in (``model.net`` for our
