@@ -142,7 +142,8 @@ def loss_curve_figure(
         steps: Global step of each loss.
         losses: Batch loss at each step (non-finite values leave gaps).
         boundaries: Global steps where a new stage begins (e.g. unfreezing).
-        boundary_labels: One label per boundary; default ``"step N"``.
+        boundary_labels: One label per boundary, e.g. what the stage trains
+            (``LossPlots`` passes ``stage 1: +layer3, +layer4 @ 1e-4``); default ``"step N"``.
         smooth_window: Moving-average window in steps; default about 2% of
             the run, so the trend is visible through batch noise.
 
@@ -178,10 +179,12 @@ def loss_curve_figure(
     labels = boundary_labels or [f"step {b}" for b in boundaries]
     for step, label in zip(boundaries, labels):
         ax.axvline(step, color="tab:red", ls="--", lw=1.0)
-        # Label at the top, in axes coordinates so it stays put when y changes.
+        # Label at the top, in axes coordinates so it stays put when y changes; on a
+        # white box, so it stays readable where it crosses the curve.
         ax.annotate(label, xy=(step, 1), xycoords=("data", "axes fraction"),
                     xytext=(2, -4), textcoords="offset points", rotation=90,
-                    va="top", ha="left", fontsize=8, color="tab:red")
+                    va="top", ha="left", fontsize=8, color="tab:red",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     if not finite.any():
         _no_data(ax)
     ax.set_xlabel("global step")
