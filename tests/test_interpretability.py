@@ -142,11 +142,51 @@ def test_pictures_are_drawn_on_one_thread_and_the_count_restored(fitted, tiny_da
         torch.set_num_threads(threads)
 
 
-def test_no_dumps_during_the_sanity_check_or_without_an_output(tiny_data, tmp_path):
-    dumps = InterpretabilityDumps(LAYERS)
-    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False)
+class _SanityWatch(L.Callback):
+    """Knows whether the sanity check is running, and counts the batches it ran."""
+
+    def __init__(self) -> None:
+        self.checking, self.batches = False, 0
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.checking = True
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.checking = False
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.batches += trainer.sanity_checking
+
+
+def _record_drawings(monkeypatch, note) -> list:
+    """``note()`` at each call of render_pictures by the callback; the drawing still happens."""
+    notes = []
+    draw = interpretability.render_pictures
+    monkeypatch.setattr(interpretability, "render_pictures", lambda *a, **k: notes.append(note()) or draw(*a, **k))
+    return notes
+
+
+def test_no_dumps_during_the_sanity_check(tiny_data, tmp_path, monkeypatch):
+    watch = _SanityWatch()
+    drawn_while_checking = _record_drawings(monkeypatch, lambda: watch.checking)
+    trainer = tiny_trainer(tmp_path, [watch, InterpretabilityDumps(LAYERS)], max_epochs=1, limit_train_batches=1,
+                           num_sanity_val_steps=1)
     trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
-    assert dumps.last_step is None and not list(tmp_path.rglob("*.png"))
+    assert watch.batches == 1  # a real sanity check ran, with a logger to draw to
+    assert drawn_while_checking == [False]  # one dump, at the end of the epoch
+
+
+def test_no_dumps_without_an_output(tiny_data, tmp_path, monkeypatch):
+    drawings = _record_drawings(monkeypatch, lambda: True)
+    asked = []
+    writers = interpretability.image_writers
+    monkeypatch.setattr(interpretability, "image_writers", lambda trainer: asked.append(1) or writers(trainer))
+    dumps = InterpretabilityDumps(LAYERS)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
+    assert asked  # the callback got to the point of choosing where to draw ...
+    assert not drawings and dumps.last_step is None and not list(tmp_path.rglob("*.png"))  # ... and found nowhere
 
 
 def test_a_misspelt_layer_fails_before_training_and_names_the_valid_ones(tiny_data, tmp_path):
@@ -200,6 +240,15 @@ def test_zero_gradients_give_blank_finite_pictures():
     assert all(torch.equal(cam, torch.zeros_like(cam)) for cam in cams.values())
     pictures = render_pictures(model, images, [0, 1, 2], ["a", "b", "c"], LAYERS, layer_root=model.net)
     assert set(pictures) == set(TAGS)
+    # A map without a location overlays nothing (the plain image); a zero attribution is mid-grey.
+    rows = grid_cells(pictures["gradcam/all_layers"], *GRIDS["gradcam/all_layers"])
+    for image, *cams_and_methods in rows:
+        cams, methods = cams_and_methods[: len(LAYERS)], cams_and_methods[len(LAYERS) :]
+        assert all(np.array_equal(cam, image) for cam in cams)
+        assert all((method == 128).all() for method in methods)
+    for name in LAYERS:
+        (overlays,) = grid_cells(pictures[f"gradcam/{name}"], *GRIDS[f"gradcam/{name}"])
+        assert all(np.array_equal(overlay, row[0]) for overlay, row in zip(overlays, rows))
 
 
 def test_cbam_models_get_their_spatial_gates_drawn():
