@@ -98,9 +98,10 @@ class LossPlots(L.Callback):
     def stage_marks(self, trainer: L.Trainer) -> list[tuple[int, str]]:
         """``(global step, label)`` for each unfreeze stage begun so far, in step order.
 
-        Labels name the stage as ``unfreeze/stage`` and the ``lr/stage<i>``
-        groups do (from 0), what it trains (``+name`` adds to the previous
-        stage) and its learning rate: ``stage 1: +layer3, +layer4 @ 1e-4``.
+        Labels number the stage as the logged ``unfreeze/stage`` and the
+        optimiser's ``stage<i>`` parameter groups do (from 0), then say what it
+        trains (``+name`` adds to the previous stage) and its learning rate:
+        ``stage 1: +layer3, +layer4 @ 1e-4``.
         """
         marks = []
         for callback in trainer.callbacks:
