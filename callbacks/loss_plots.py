@@ -33,7 +33,7 @@ VAL_METRICS = {"val/acc": "val/acc", "val/loss": "val/loss"}
 
 
 class LossPlots(L.Callback):
-    """Plot the training loss of every iteration and the per-epoch curves, at every epoch end.
+    """Plot the training loss of every iteration and the per-epoch curves, every ``every_n_epochs`` epochs.
 
     Tags: ``loss/iterations`` (batch loss against global step, with a dashed
     line where each unfreeze stage starts) and ``loss/epochs`` (train/val

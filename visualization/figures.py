@@ -50,8 +50,8 @@ __all__ = [
     "top_channels_grid",
 ]
 
-# Size of one image cell in inches; at 100 dpi a 32x32 image gets ~160 px,
-# enough to see Grad-CAM blobs without a huge TensorBoard payload.
+# Unit, in inches, of the channel-gate figure's size: at 100 dpi each block's
+# strip is about 115 px high.
 _CELL = 1.6
 _DPI = 100
 # Ranges below this count as constant (blank rendering, no division by ~0).
