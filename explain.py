@@ -3,6 +3,12 @@
     python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
         [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3]
 
+Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
+plain values only, so a file someone sent you cannot run code when explained.
+The checkpoints ``cli.py`` writes need nothing more. A file that pickles other
+objects is refused, naming the first one; ``--trust-checkpoint`` loads it
+anyway, for files whose origin you trust.
+
 Without ``--images`` the probe set stored in the checkpoint by
 ``InterpretabilityDumps`` is explained, i.e. the images TensorBoard showed.
 ``--images`` takes a folder of PNG/JPEG files; files inside a sub-folder named
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from datamodules.image_folder import IMAGE_SUFFIXES
 from lightning_modules import ImageClassifier
+from user_input import UserInputError
 from visualization.pictures import render_pictures
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
@@ -40,7 +49,7 @@ PAGE_SIZE = 10
 CALLBACK_NAME = "InterpretabilityDumps"
 
 
-class ExplainError(ValueError):
+class ExplainError(UserInputError):
     """Bad input to explain.py; the message says how to fix it."""
 
 
@@ -71,9 +80,33 @@ def model_class(name: str) -> type[ImageClassifier]:
     return found
 
 
-def load_model(ckpt: Path, class_name: str | None, device: str) -> tuple[ImageClassifier, dict[str, Any]]:
-    """The classifier with the checkpoint's weights, and the raw checkpoint."""
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+def read_checkpoint(ckpt: Path, trust: bool = False) -> dict[str, Any]:
+    """``torch.load`` of ``ckpt``, refusing pickled objects beyond tensors and plain values unless ``trust``.
+
+    Raises:
+        ExplainError: The file needs full unpickling and ``trust`` is off. Nothing
+            in it has run: the restricted unpickler stops at the first object it
+            does not know, before calling anything.
+    """
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f"a pickled `{found.group(1)}`" if found else "pickled objects"
+            raise ExplainError(
+                f"{ckpt} holds {what}, not only tensors and plain values. Loading it would run code chosen by "
+                "whoever wrote the file, so it was not loaded (checkpoints written by cli.py never need this).\n"
+                "HINT: only if you trust where the file came from, add --trust-checkpoint."
+            ) from None
+    return torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+def load_model(
+    ckpt: Path, class_name: str | None, device: str, trust: bool = False
+) -> tuple[ImageClassifier, dict[str, Any]]:
+    """The classifier with the checkpoint's weights, and the raw checkpoint (see ``read_checkpoint``)."""
+    checkpoint = read_checkpoint(ckpt, trust)
     class_name = class_name or (run_config(ckpt).get("model") or {}).get("class_path")
     if not class_name:
         raise ExplainError(
@@ -83,7 +116,9 @@ def load_model(ckpt: Path, class_name: str | None, device: str) -> tuple[ImageCl
     overrides = {}
     if checkpoint.get("hyper_parameters", {}).get("pretrained"):
         overrides["pretrained"] = False  # the weights come from the checkpoint, not from ImageNet
-    model = model_class(class_name).load_from_checkpoint(ckpt, map_location=device, **overrides)
+    model = model_class(class_name).load_from_checkpoint(
+        ckpt, map_location=device, weights_only=not trust, **overrides
+    )
     return model, checkpoint
 
 
@@ -123,9 +158,13 @@ def explain(
     layers: Sequence[str] | None = None,
     class_name: str | None = None,
     device: str = "cpu",
+    trust: bool = False,
 ) -> list[Path]:
-    """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files."""
-    model, checkpoint = load_model(ckpt, class_name, device)
+    """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files.
+
+    ``trust`` allows a checkpoint that pickles arbitrary objects (see ``read_checkpoint``).
+    """
+    model, checkpoint = load_model(ckpt, class_name, device, trust)
     layers = list(layers or configured_layers(run_config(ckpt)) or [])
     if not layers:
         raise ExplainError(
@@ -168,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", nargs="+", help="layers of model.net, low to high (default: the run's config)")
     parser.add_argument("--model-class", help="e.g. lightning_modules.CNNClassifier (default: the run's config)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint that pickles more than tensors and plain values (this runs code from the file)",
+    )
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
         parser.error(
@@ -176,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.images is not None and not args.images.is_dir():
         parser.error(f"--images {args.images} is not a folder.")
     try:
-        written = explain(args.ckpt, args.out, args.images, args.layers, args.model_class, args.device)
+        written = explain(
+            args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint
+        )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))
     print(f"Wrote {len(written)} pictures to {args.out}/", file=sys.stderr)

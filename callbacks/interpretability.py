@@ -20,7 +20,6 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
-from datamodules.augment import intra_op_threads
 from visualization.attributions import resolve_layers
 from visualization.pictures import INPUT_METHODS, render_pictures
 
@@ -213,21 +212,20 @@ class InterpretabilityDumps(L.Callback):
             return
         if self.probe_images is None and not self._choose_probes(trainer, pl_module):
             return
-        # A probe batch is about 10 small images: one thread draws it several times
-        # faster than two on a busy machine. Training never sees the change.
-        with intra_op_threads(1):
-            pictures = render_pictures(
-                pl_module,
-                self._model_view(trainer, self.probe_images),
-                self.probe_labels,
-                self.classes,
-                self.layers,
-                layer_root=_net(pl_module),
-                methods=self.methods,
-                feature_top_k=self.feature_top_k,
-                feature_images=self.feature_images,
-                attention=self.attention,
-            )
+        # Drawn on the process's own thread count: a callback does not change process-wide settings
+        # (on a busy machine with few cores, run with OMP_NUM_THREADS=1).
+        pictures = render_pictures(
+            pl_module,
+            self._model_view(trainer, self.probe_images),
+            self.probe_labels,
+            self.classes,
+            self.layers,
+            layer_root=_net(pl_module),
+            methods=self.methods,
+            feature_top_k=self.feature_top_k,
+            feature_images=self.feature_images,
+            attention=self.attention,
+        )
         for tag, image in pictures.items():
             log_picture(trainer, tag, image, trainer.global_step, folder)
         self.last_step = trainer.global_step

@@ -2,7 +2,8 @@
 
 TensorBoard's scalar charts restart their smoothing at a resume and cannot mark
 where an unfreeze stage began; these figures show the batch loss of every
-iteration of the run with the stage boundaries, and the per-epoch curves, as
+iteration of the run with each stage's start, labelled with what it trains
+(``stage 1: +layer3, +layer4 @ 1e-4``), and the per-epoch curves, as
 images (``loss/iterations``, ``loss/epochs``) and PNG files
 (``<log dir>/plots/loss_iterations.png``, ``loss_epochs.png``).
 """
@@ -13,12 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
+from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 from visualization.figures import epoch_curves_figure, figure_to_image, loss_curve_figure
 
 __all__ = ["LossPlots"]
@@ -30,16 +33,16 @@ VAL_METRICS = {"val/acc": "val/acc", "val/loss": "val/loss"}
 
 
 class LossPlots(L.Callback):
-    """Plot the training loss of every iteration and the per-epoch curves, at every epoch end.
+    """Plot the training loss of every iteration and the per-epoch curves, every ``every_n_epochs`` epochs.
 
     Tags: ``loss/iterations`` (batch loss against global step, with a dashed
     line where each unfreeze stage starts) and ``loss/epochs`` (train/val
     accuracy and loss per epoch), logged at the epoch's global step.
 
-    Stage boundaries come from any callback of the trainer with a
-    ``stage_start_steps`` list (the progressive-unfreeze callback has one);
-    without such a callback none are drawn. The history lives in this
-    callback's ``state_dict``, so a resumed run plots all of its iterations.
+    Stage marks come from the trainer's ``ProgressiveUnfreeze`` callback: the
+    step each stage began at and what the stage trains (see :meth:`stage_marks`);
+    without one none are drawn. The history lives in this callback's
+    ``state_dict``, so a resumed run plots all of its iterations.
 
     Args:
         every_n_epochs: Redraw every this many epochs (the last epoch is always drawn).
@@ -92,14 +95,20 @@ class LossPlots(L.Callback):
         self.losses = list(state_dict["losses"])
         self.epochs = {key: list(state_dict["epochs"].get(key, [])) for key in self.epochs}
 
-    def stage_boundaries(self, trainer: L.Trainer) -> list[int]:
-        """Global steps where a training stage starts, from callbacks that publish them."""
-        steps: set[int] = set()
+    def stage_marks(self, trainer: L.Trainer) -> list[tuple[int, str]]:
+        """``(global step, label)`` for each unfreeze stage begun so far, in step order.
+
+        Labels number the stage as the logged ``unfreeze/stage`` and the
+        optimiser's ``stage<i>`` parameter groups do (from 0), then say what it
+        trains (``+name`` adds to the previous stage) and its learning rate:
+        ``stage 1: +layer3, +layer4 @ 1e-4``.
+        """
+        marks = []
         for callback in trainer.callbacks:
-            found = getattr(callback, "stage_start_steps", None)
-            if isinstance(found, (list, tuple)):
-                steps.update(int(step) for step in found)
-        return sorted(steps)
+            if isinstance(callback, ProgressiveUnfreeze):
+                started = enumerate(callback.stage_start_steps)  # one step per stage begun, in stage order
+                marks += [(int(step), stage_label(index, callback.stages[index])) for index, step in started]
+        return sorted(marks)
 
     def _flush(self) -> None:
         if self._pending_losses:
@@ -117,9 +126,19 @@ class LossPlots(L.Callback):
         folder = picture_dir(trainer, "plots")
         if folder is None and not image_writers(trainer):
             return  # nowhere to show them: skip the drawing too
+        marks = self.stage_marks(trainer)
+        # Stages a resume skipped over begin at the same step: one line, their labels stacked.
+        starts = sorted({step for step, _ in marks})
+        labels = ["\n".join(label for step, label in marks if step == start) for start in starts]
         figures = {
-            "loss/iterations": loss_curve_figure(self.steps, self.losses, self.stage_boundaries(trainer)),
+            "loss/iterations": loss_curve_figure(self.steps, self.losses, starts, labels),
             "loss/epochs": epoch_curves_figure(self.epochs),
         }
         for tag, figure in figures.items():
             log_picture(trainer, tag, figure_to_image(figure), trainer.global_step, folder)
+
+
+def stage_label(index: int, stage: Stage) -> str:
+    """``stage 1: +layer3, +layer4 @ 1e-4`` (``all`` when the stage trains everything)."""
+    trains = "all" if stage.train is None else ", ".join(f"+{n}" if stage.extends else n for n in stage.train)
+    return f"stage {index}: {trains} @ {np.format_float_scientific(stage.lr, trim='-', exp_digits=1)}"

@@ -42,7 +42,7 @@ from torchvision.transforms.v2 import functional as F
 
 from user_input import UserInputError
 
-__all__ = ["AugmentParams", "BatchAugment", "intra_op_threads", "rgb_to_hsv", "hsv_to_rgb"]
+__all__ = ["AugmentParams", "BatchAugment", "intra_op_threads"]
 
 #: Images per piece when a CPU batch is processed. The work is a few dozen element-wise passes
 #: over [N, 3, 1025] tensors; at 64 images (~0.8 MB each) they stay in cache and reuse freed
@@ -181,7 +181,7 @@ class BatchAugment(nn.Module):
             generator: Optional generator on that device, for reproducible draws.
 
         Returns:
-            The parameters; :meth:`apply` turns them into images.
+            The parameters; :meth:`transform` turns them into images.
         """
         device = like.device
         span = 2 * self.padding + 1
@@ -211,10 +211,12 @@ class BatchAugment(nn.Module):
             ValueError: If ``x`` is not a float ``[N, 1 or 3, H, W]`` batch.
         """
         _check_batch(x)
-        return self.apply(x, self.sample_params(x.shape[0], x, generator))
+        return self.transform(x, self.sample_params(x.shape[0], x, generator))
 
-    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+    def transform(self, x: Tensor, params: AugmentParams) -> Tensor:
         """Augment ``x`` with given parameters (deterministic; what ``forward`` calls).
+
+        Not named ``apply``/``_apply``: those are ``nn.Module`` methods (``.to()`` calls ``_apply``).
 
         Args:
             x: Float images in [0, 1], ``[N, C, H, W]`` with C = 1 or 3.
@@ -225,13 +227,12 @@ class BatchAugment(nn.Module):
         """
         n = x.shape[0]
         if x.device.type != "cpu":
-            return self._apply(x, params)
+            return self._transform_chunk(x, params)
         with intra_op_threads(self.cpu_threads or torch.get_num_threads()):
-            return torch.cat(
-                [self._apply(x[i : i + CPU_CHUNK], params.rows(i, i + CPU_CHUNK)) for i in range(0, n, CPU_CHUNK)]
-            )
+            chunks = range(0, n, CPU_CHUNK)
+            return torch.cat([self._transform_chunk(x[i : i + CPU_CHUNK], params.rows(i, i + CPU_CHUNK)) for i in chunks])
 
-    def _apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+    def _transform_chunk(self, x: Tensor, params: AugmentParams) -> Tensor:
         n, c, h, w = x.shape
         # Layout [N, C, 1, H*W + 1]: pixels flattened for the final gather, plus the padding pixel
         # (starts black). The singleton dimension lets torchvision's rgb_to_grayscale, which works
@@ -425,31 +426,3 @@ def _shift_hue(flat: Tensor, shift: Tensor) -> Tensor:
     y = sixths.unsqueeze(1) + offsets[None, :, None, None]
     minus_ramp = y.abs_().sub_(3.0).abs_().sub_(2.0).clamp_(-1.0, 0.0)  # -clamp(2 - d, 0, 1)
     return minus_ramp.mul_(chroma.unsqueeze(1)).add_(v.unsqueeze(1))
-
-
-def rgb_to_hsv(x: Tensor) -> Tensor:
-    """``[N, 3, H, W]`` RGB in [0, 1] to HSV, each channel in [0, 1].
-
-    Not used by :class:`BatchAugment` (see ``_shift_hue``); kept as a plain, readable
-    reference that tests measure hue shifts with.
-    """
-    r, g, b = x.unbind(dim=1)
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
-    saturation = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    return torch.stack((hue, saturation, maxc), dim=1)
-
-
-def hsv_to_rgb(x: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
-    hue, saturation, value = x.unbind(dim=1)
-    sector = hue * 6.0
-
-    def channel(n: float) -> Tensor:
-        k = (n + sector) % 6.0
-        return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-
-    return torch.stack((channel(5.0), channel(3.0), channel(1.0)), dim=1)

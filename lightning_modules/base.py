@@ -46,7 +46,8 @@ class ImageClassifier(L.LightningModule):
         channels_last: Keep the network's weights and activations in NHWC
             layout, which oneDNN and cuDNN convolutions run faster in.
         compile: Run the network through ``torch.compile`` (pays a compile at
-            start; helps on GPUs, measured slower on small CPUs).
+            start; helps on GPUs, measured slower on small CPUs). Kept as
+            ``compile_net``: ``compile`` is an ``nn.Module`` method.
     """
 
     # Metric the scheduler watches; validation drives every training decision.
@@ -81,7 +82,7 @@ class ImageClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss = MeanMetric()
         self.channels_last = channels_last
-        self.compile = compile
+        self.compile_net = compile
         self.net: nn.Module
         self._compiled_net: nn.Module | None = None
 
@@ -93,7 +94,7 @@ class ImageClassifier(L.LightningModule):
         """Apply the speed options once the network exists and sits on its device."""
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.compile and self._compiled_net is None:
+        if self.compile_net and self._compiled_net is None:
             # Kept outside the module tree (no ``_orig_mod.`` prefixes in the state
             # dict), so checkpoints load the same with and without compile.
             object.__setattr__(self, "_compiled_net", torch.compile(self.net))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import colorsys
+
 import pytest
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules import augment
-from datamodules.augment import AugmentParams, BatchAugment, hsv_to_rgb, rgb_to_hsv
+from datamodules.augment import AugmentParams, BatchAugment
 
 N = 2000
 OFF = {"padding": 0, "flip_p": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "degrees": 0.0}
@@ -76,13 +78,19 @@ def test_colour_factors_match_color_jitter(name):
     assert ours_value.min() >= reference_value.min() - 0.01 and ours_value.max() <= reference_value.max() + 0.01
 
 
+def hue_shifts(images: torch.Tensor, start: float) -> torch.Tensor:
+    """Hue of each image's first pixel minus ``start``, wrapped to [-0.5, 0.5), by the standard library's colorsys."""
+    hues = [colorsys.rgb_to_hsv(*pixel)[0] for pixel in images[:, :, 0, 0].tolist()]
+    return (torch.tensor(hues) - start + 0.5) % 1.0 - 0.5
+
+
 def test_hue_shift_is_uniform_within_its_range():
     torch.manual_seed(3)
     images = torch.zeros(N, 3, 32, 32)
     images[:, 0], images[:, 1], images[:, 2] = 0.8, 0.4, 0.2
-    start = rgb_to_hsv(images[:1])[0, 0, 0, 0]
-    shift = (rgb_to_hsv(BatchAugment(**{**OFF, "hue": 0.1})(images))[:, 0, 0, 0] - start + 0.5) % 1.0 - 0.5
-    reference = (rgb_to_hsv(per_image(v2.ColorJitter(hue=0.1), images))[:, 0, 0, 0] - start + 0.5) % 1.0 - 0.5
+    start = colorsys.rgb_to_hsv(0.8, 0.4, 0.2)[0]
+    shift = hue_shifts(BatchAugment(**{**OFF, "hue": 0.1})(images), start)
+    reference = hue_shifts(per_image(v2.ColorJitter(hue=0.1), images), start)
     for values in (shift, reference):
         assert -0.1 - 1e-4 <= values.min() < -0.09 and 0.09 < values.max() <= 0.1 + 1e-4
         assert abs(values.mean()) < 0.01
@@ -123,9 +131,13 @@ def test_grayscale_batches_skip_colour_jitter():
     assert out.shape == (4, 1, 28, 28)
 
 
-def test_hsv_round_trip():
-    images = torch.rand(4, 3, 8, 8)
-    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5, rtol=0)
+def test_module_methods_are_not_shadowed():
+    # nn.Module.to() runs self._apply(fn) and nn.Module.apply(fn) visits submodules: neither may be ours.
+    augment = BatchAugment()
+    assert augment.to(torch.float64) is augment
+    visited = []
+    augment.apply(visited.append)
+    assert visited == [augment]
 
 
 @pytest.mark.parametrize(("kwargs", "named"), [({"flip_p": 1.5}, "flip_p"), ({"hue": 0.7}, "hue"),
@@ -141,8 +153,8 @@ def test_cpu_threads_apply_only_when_asked_and_the_setting_is_restored(cpu_threa
     # By default a library call must not touch the process-wide thread count; asked, it uses and restores it.
     augment = BatchAugment(cpu_threads=cpu_threads)
     seen = []
-    real = augment._apply
-    monkeypatch.setattr(augment, "_apply", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    real = augment._transform_chunk
+    monkeypatch.setattr(augment, "_transform_chunk", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -171,14 +183,14 @@ def torchvision_one(image: torch.Tensor, p: AugmentParams, i: int, padding: int)
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-def test_apply_matches_torchvision_image_by_image(channels, monkeypatch):
+def test_transform_matches_torchvision_image_by_image(channels, monkeypatch):
     # The batched ops fuse crop, flip and rotation into one gather: check them pixel by pixel,
     # in small CPU pieces so the seams between pieces are checked too.
     monkeypatch.setattr(augment, "CPU_CHUNK", 16)
     x = torch.rand(40, channels, 32, 32, generator=torch.Generator().manual_seed(1))
     aug = BatchAugment()
     params = aug.sample_params(40, x, torch.Generator().manual_seed(2))
-    out = aug.apply(x, params)
+    out = aug.transform(x, params)
     expected = torch.stack([torchvision_one(x[i], params, i, aug.padding) for i in range(40)])
     differs = (out - expected).abs() > 1e-4
     # Nearest-neighbour rotation may round a coordinate within float error of a pixel boundary
@@ -193,5 +205,5 @@ def test_hue_matches_adjust_hue_over_the_whole_circle():
     aug = BatchAugment(**{**OFF, "hue": 0.5})
     params = aug.sample_params(64, x, torch.Generator().manual_seed(4))
     expected = torch.stack([TF.adjust_hue(x[i], float(params.hue[i])) for i in range(64)])
-    assert torch.allclose(aug.apply(x, params), expected, atol=1e-5)
+    assert torch.allclose(aug.transform(x, params), expected, atol=1e-5)
     assert params.hue.min() < -0.45 and params.hue.max() > 0.45

@@ -8,10 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
+from torch.nn import functional as F
 
 from tests.conftest import CONFIGS, REPO
+from tests.pictures_helpers import tensorboard_images
 
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -23,18 +28,61 @@ def tiny_args(config: Path, data: Path) -> list[str]:
     return args
 
 
+def hand_evaluation(model: torch.nn.Module, data: Path, classes: list[str], permutation_seed: int | None):
+    """(accuracy, mean cross-entropy) on ``data/test``, read with PIL and counted here, apart from the datamodule."""
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((data / "test" / name).glob("*.png")):
+            pixels = torch.from_numpy(np.array(Image.open(path))).float() / 255
+            images.append(pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1))
+            labels.append(label)
+    x, y = torch.stack(images), torch.tensor(labels)
+    if permutation_seed is not None:  # the permuted-pixel recipes: one fixed, seeded shuffle of positions
+        order = torch.randperm(x[0, 0].numel(), generator=torch.Generator().manual_seed(permutation_seed))
+        x = x.flatten(2)[:, :, order].view_as(x)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    return (logits.argmax(dim=1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
+
+
+def picture_callbacks(config: Path) -> dict[str, dict]:
+    """``{callback class name: init_args}`` of the config's LossPlots and InterpretabilityDumps."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
+    found = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in callbacks}
+    return {name: args for name, args in found.items() if name in ("LossPlots", "InterpretabilityDumps")}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_fits_and_tests(config, request, run_cli, tmp_path):
-    # MNIST configs need grayscale 28x28 images, all others RGB 32x32.
+def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
+    # MNIST configs need grayscale 28x28 images, all others RGB 32x32. One short epoch (one
+    # training batch), not fast_dev_run: that turns off the loggers, and with them the pictures.
     tiny_data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
-    cli = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.fast_dev_run", "true")
-    assert cli.datamodule.classes == ["bird", "cat", "ship"]
-    assert cli.model.num_classes == 3
-    logged = cli.trainer.callback_metrics
-    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(logged)
-    cli = run_cli("test", *tiny_args(config, tiny_data), "--trainer.fast_dev_run", "true")
-    assert 0.0 <= cli.trainer.callback_metrics["test/acc"] <= 1.0
-    assert "test/loss" in cli.trainer.callback_metrics
+    fit = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.max_epochs", 1)
+    assert fit.datamodule.classes == ["bird", "cat", "ship"]
+    assert fit.model.num_classes == 3
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(fit.trainer.callback_metrics)
+    run = Path(fit.trainer.log_dir)
+    ckpt = run / "checkpoints/last.ckpt"
+
+    test = run_cli("test", *tiny_args(config, tiny_data), "--ckpt_path", ckpt)
+    model = type(fit.model).load_from_checkpoint(ckpt, weights_only=True)
+    permutation_seed = fit.datamodule.permutation_seed if fit.datamodule.permute_pixels else None
+    accuracy, loss = hand_evaluation(model, tiny_data, fit.datamodule.classes, permutation_seed)
+    assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    assert float(test.trainer.callback_metrics["test/loss"]) == pytest.approx(loss, rel=1e-4)
+
+    pictures = picture_callbacks(config)
+    drawn = tensorboard_images(run)
+    if "LossPlots" in pictures:
+        assert {"loss/iterations", "loss/epochs"} <= set(drawn)
+        assert (run / "plots/loss_iterations.png").is_file() and (run / "plots/loss_epochs.png").is_file()
+    if "InterpretabilityDumps" in pictures:
+        tags = ["gradcam/all_layers", *(f"gradcam/{layer}" for layer in pictures["InterpretabilityDumps"]["layers"])]
+        assert all([step for step, _ in drawn[tag]] == [fit.trainer.global_step] for tag in tags)
+        written = Path(test.trainer.log_dir) / "pictures/test"
+        assert all((written / f"{tag.replace('/', '_')}.png").is_file() for tag in tags)
+    if not pictures:
+        assert not drawn
 
 
 def _train(run_cli, data, *extra):

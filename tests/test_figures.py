@@ -12,7 +12,6 @@ from tests.pictures_helpers import grid_cells as cells
 from visualization.figures import (
     GRID_PAD,
     channel_gates_figure,
-    denormalize,
     epoch_curves_figure,
     feature_maps_grid,
     figure_to_image,
@@ -71,12 +70,6 @@ def test_heatmap_overlay_fixed_range_keeps_absolute_values(images):
     heat[0, 0] = 0.98
     out = heatmap_overlay(images[0], heat, alpha=1.0, value_range=(0.0, 1.0))
     assert (out[..., 2] < 0.3).all()
-
-
-def test_denormalize_inverts_normalize(images):
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-    assert torch.allclose(denormalize((images - m) / s, mean, std), images, atol=1e-6)
 
 
 def test_loss_curve_with_boundaries():
@@ -165,6 +158,14 @@ def test_layer_gradcam_grid_wraps_ten_to_a_row():
     assert all((cell == 255).all() for cell in grid[1][2:])
 
 
+def test_an_unknown_true_class_reads_as_a_question_mark():
+    cam = torch.rand(1, 16, 16)
+    image = torch.rand(1, 3, 16, 16)
+    unknown = layer_gradcam_grid(image, cam, [-1], [1], CLASSES)
+    # The same picture drawn with a class actually named "?": captions "true: ?" / "pred: dog".
+    assert np.array_equal(unknown, layer_gradcam_grid(image, cam, [0], [1], ["?", "dog", "ship"]))
+
+
 def test_feature_maps_grid_ranks_channels_and_keeps_blank_channels_finite(images):
     act = torch.zeros(2, 5, 8, 8)
     act[:, 3] = torch.rand(8, 8) + 2  # the strongest channel comes first
@@ -178,11 +179,23 @@ def test_feature_maps_grid_ranks_channels_and_keeps_blank_channels_finite(images
         feature_maps_grid(images, torch.rand(2, 16), [0, 1], [1, 1], CLASSES)
 
 
-def test_top_channels_grid(images):
-    act = torch.rand(2, 6, 4, 4)
+def enlarged(cell: np.ndarray, factor: int = 8) -> np.ndarray:
+    """A float [h, w, 3] cell as an image grid shows it: uint8, each pixel a factor x factor block."""
+    pixels = (cell.astype(np.float32) * 255).round().astype(np.uint8)
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def test_top_channels_grid_overlays_the_strongest_channels_strongest_first(images):
+    act = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(1))
     act[:, 5] += 10
     picture = top_channels_grid(images, act, [0, 1], [1, 1], CLASSES, k=3)
-    assert all(cell.std() > 1 for row in cells(picture, 2, 4, 128) for cell in row)
+    for i, (image, *overlays) in enumerate(cells(picture, 2, 4, 128)):
+        means = act[i].mean(dim=(1, 2)).tolist()
+        strongest = sorted(range(6), key=lambda c: -means[c])[:3]
+        assert strongest[0] == 5
+        assert np.array_equal(image, enlarged(images[i].permute(1, 2, 0).numpy()))
+        for overlay, channel in zip(overlays, strongest):
+            assert np.array_equal(overlay, enlarged(heatmap_overlay(images[i], act[i, channel]))), channel
 
 
 def test_channel_gates_figure_draws_a_strip_per_block():
@@ -212,5 +225,10 @@ def test_all_zero_inputs_give_blank_finite_grids():
     picture = gradcam_grid(zeros, {"l": torch.zeros(1, 16, 16)}, [0], [0], CLASSES, {"g": torch.zeros(1, 3, 16, 16)})
     image, cam, attribution = cells(picture, 1, 3, 128)[0]
     assert (image == 0).all() and (cam == 0).all() and (attribution == 128).all()
-    feature_maps_grid(zeros, torch.zeros(1, 4, 8, 8), [0], [0], CLASSES)
-    top_channels_grid(zeros, torch.zeros(1, 4, 4, 4), [0], [0], CLASSES)
+    # Four constant channels: the image, then each channel in the colour map's colour of 0.
+    zero_colour = np.round(np.array(matplotlib.colormaps["viridis"](0.0)[:3]) * 255)
+    image, *channels = cells(feature_maps_grid(zeros, torch.zeros(1, 4, 8, 8), [0], [0], CLASSES), 1, 5, 128)[0]
+    assert (image == 0).all() and all((channel == zero_colour).all() for channel in channels)
+    # No location to overlay: every cell is the plain (black) image.
+    picture = top_channels_grid(zeros, torch.zeros(1, 4, 4, 4), [0], [0], CLASSES)
+    assert all((cell == 0).all() for cell in cells(picture, 1, 4, 128)[0])

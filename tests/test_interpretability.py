@@ -123,7 +123,7 @@ def test_predict_draws_under_inference_mode(fitted, tiny_data, tmp_path):
         assert (tmp_path / f"run/version_0/pictures/predict/{tag.replace('/', '_')}.png").is_file()
 
 
-def test_pictures_are_drawn_on_one_thread_and_the_count_restored(fitted, tiny_data, tmp_path, monkeypatch):
+def test_pictures_leave_the_thread_count_as_the_caller_set_it(fitted, tiny_data, tmp_path, monkeypatch):
     _, model, dumps, _, _ = fitted
     seen = []
     draw = interpretability.render_pictures
@@ -137,16 +137,56 @@ def test_pictures_are_drawn_on_one_thread_and_the_count_restored(fitted, tiny_da
     torch.set_num_threads(2)
     try:
         tiny_trainer(tmp_path, [dumps]).predict(model, tiny_datamodule(tiny_data))
-        assert seen == [1] and torch.get_num_threads() == 2
+        assert seen == [2] and torch.get_num_threads() == 2  # a callback changes no process-wide setting
     finally:
         torch.set_num_threads(threads)
 
 
-def test_no_dumps_during_the_sanity_check_or_without_an_output(tiny_data, tmp_path):
-    dumps = InterpretabilityDumps(LAYERS)
-    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False)
+class _SanityWatch(L.Callback):
+    """Knows whether the sanity check is running, and counts the batches it ran."""
+
+    def __init__(self) -> None:
+        self.checking, self.batches = False, 0
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.checking = True
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.checking = False
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.batches += trainer.sanity_checking
+
+
+def _record_drawings(monkeypatch, note) -> list:
+    """``note()`` at each call of render_pictures by the callback; the drawing still happens."""
+    notes = []
+    draw = interpretability.render_pictures
+    monkeypatch.setattr(interpretability, "render_pictures", lambda *a, **k: notes.append(note()) or draw(*a, **k))
+    return notes
+
+
+def test_no_dumps_during_the_sanity_check(tiny_data, tmp_path, monkeypatch):
+    watch = _SanityWatch()
+    drawn_while_checking = _record_drawings(monkeypatch, lambda: watch.checking)
+    trainer = tiny_trainer(tmp_path, [watch, InterpretabilityDumps(LAYERS)], max_epochs=1, limit_train_batches=1,
+                           num_sanity_val_steps=1)
     trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
-    assert dumps.last_step is None and not list(tmp_path.rglob("*.png"))
+    assert watch.batches == 1  # a real sanity check ran, with a logger to draw to
+    assert drawn_while_checking == [False]  # one dump, at the end of the epoch
+
+
+def test_no_dumps_without_an_output(tiny_data, tmp_path, monkeypatch):
+    drawings = _record_drawings(monkeypatch, lambda: True)
+    asked = []
+    writers = interpretability.image_writers
+    monkeypatch.setattr(interpretability, "image_writers", lambda trainer: asked.append(1) or writers(trainer))
+    dumps = InterpretabilityDumps(LAYERS)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[dumps], enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(CNNSEClassifier(num_classes=3), tiny_datamodule(tiny_data))
+    assert asked  # the callback got to the point of choosing where to draw ...
+    assert not drawings and dumps.last_step is None and not list(tmp_path.rglob("*.png"))  # ... and found nowhere
 
 
 def test_a_misspelt_layer_fails_before_training_and_names_the_valid_ones(tiny_data, tmp_path):
@@ -200,6 +240,15 @@ def test_zero_gradients_give_blank_finite_pictures():
     assert all(torch.equal(cam, torch.zeros_like(cam)) for cam in cams.values())
     pictures = render_pictures(model, images, [0, 1, 2], ["a", "b", "c"], LAYERS, layer_root=model.net)
     assert set(pictures) == set(TAGS)
+    # A map without a location overlays nothing (the plain image); a zero attribution is mid-grey.
+    rows = grid_cells(pictures["gradcam/all_layers"], *GRIDS["gradcam/all_layers"])
+    for image, *cams_and_methods in rows:
+        cams, methods = cams_and_methods[: len(LAYERS)], cams_and_methods[len(LAYERS) :]
+        assert all(np.array_equal(cam, image) for cam in cams)
+        assert all((method == 128).all() for method in methods)
+    for name in LAYERS:
+        (overlays,) = grid_cells(pictures[f"gradcam/{name}"], *GRIDS[f"gradcam/{name}"])
+        assert all(np.array_equal(overlay, row[0]) for overlay, row in zip(overlays, rows))
 
 
 def test_cbam_models_get_their_spatial_gates_drawn():
@@ -232,6 +281,58 @@ def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
     images, labels = explain.read_images(own, ["bird", "cat", "ship"], (3, 32, 32))
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [1, -1]
     assert explain.main([*base, "--images", str(own), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out/gradcam_all_layers.png").is_file()
+
+
+def _ran(marker: str) -> None:
+    Path(marker).write_text("ran")
+
+
+class _Payload:
+    """Unpickling this calls ``_ran``: what a malicious checkpoint does with ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return _ran, (str(self.marker),)
+
+
+class _Note:
+    """A harmless object that ``weights_only`` loading does not know."""
+
+
+def _checkpoint_with(run: Path, tmp_path: Path, extra: object) -> Path:
+    checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=True)
+    checkpoint["extra"] = extra
+    path = tmp_path / "sent.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_explain_refuses_a_checkpoint_that_would_run_code(fitted, tmp_path, capsys):
+    _, _, _, _, run = fitted
+    marker = tmp_path / "ran"
+    ckpt = _checkpoint_with(run, tmp_path, _Payload(marker))
+    args = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS,
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{__name__}._ran" in err and "--trust-checkpoint" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_explain_loads_a_checkpoint_with_other_objects_only_when_trusted(fitted, tmp_path, capsys):
+    _, _, _, _, run = fitted
+    ckpt = _checkpoint_with(run, tmp_path, _Note())
+    args = ["--ckpt", str(ckpt), "--model-class", "lightning_modules.CNNSEClassifier", "--layers", *LAYERS,
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        explain.main(args)
+    assert f"{__name__}._Note" in capsys.readouterr().err
+    assert explain.main([*args, "--trust-checkpoint"]) == 0
     assert (tmp_path / "out/gradcam_all_layers.png").is_file()
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import lightning as L
 
-from callbacks import LossPlots
+from callbacks import LossPlots, ProgressiveUnfreeze, loss_plots
 from lightning_modules.cnn import CNNClassifier
 from tests.pictures_helpers import assert_picture, tensorboard_images, tiny_datamodule, tiny_trainer
+from tests.unfreeze_helpers import TINY_STAGES, TinyClassifier
 
 STEPS_PER_EPOCH = 4  # 60 training images in batches of 16
 
@@ -39,10 +38,21 @@ def test_loss_pictures_every_epoch_and_history_across_resume(tiny_data, tmp_path
     assert {key: len(values) for key, values in resumed.epochs.items()} == dict.fromkeys(resumed.epochs, 3)
 
 
-def test_stage_boundaries_come_from_any_callback_that_has_them():
-    class Unfreeze:
-        stage_start_steps = [40, 10]
+def test_unfreeze_stages_are_marked_with_what_they_train(tiny_data, tmp_path, monkeypatch):
+    drawn = []
 
-    trainer = SimpleNamespace(callbacks=[LossPlots(), Unfreeze(), object()])
-    assert LossPlots().stage_boundaries(trainer) == [10, 40]
-    assert LossPlots().stage_boundaries(SimpleNamespace(callbacks=[])) == []
+    def recording(*args, **kwargs):
+        figure = real(*args, **kwargs)
+        drawn.append([(mark.xy[0], mark.get_text()) for mark in figure.axes[0].texts])  # step, label
+        return figure
+
+    real = loss_plots.loss_curve_figure
+    monkeypatch.setattr(loss_plots, "loss_curve_figure", recording)
+    L.seed_everything(0)
+    plots = LossPlots()
+    trainer = tiny_trainer(tmp_path, [plots, ProgressiveUnfreeze(TINY_STAGES)], max_epochs=3)
+    trainer.fit(TinyClassifier(num_classes=3), tiny_datamodule(tiny_data))
+    # TINY_STAGES start at epochs 0, 1, 2: steps 0, 4 and 8.
+    marks = list(zip([0, 4, 8], ["stage 0: conv1, fc @ 1e-2", "stage 1: +layer2 @ 1e-3", "stage 2: all @ 1e-4"]))
+    assert drawn == [marks[:1], marks[:2], marks]  # one picture an epoch, with the stages begun so far
+    assert plots.stage_marks(trainer) == marks

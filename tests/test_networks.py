@@ -154,3 +154,9 @@ def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():
     assert set(fast.state_dict()) == set(plain.state_dict())  # no "_orig_mod." prefixes
     images = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-4)
+
+
+def test_the_compile_option_leaves_module_compile_a_method():
+    model = CNNClassifier(compile=True)
+    assert model.compile_net and model.hparams.compile  # the config key stays `compile`
+    assert model.compile.__func__ is nn.Module.compile

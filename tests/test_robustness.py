@@ -123,7 +123,12 @@ def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli,
     assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     best = Path(fit.trainer.checkpoint_callback.best_model_path)
     checkpoint = torch.load(best, weights_only=True)
-    assert checkpoint["epoch"] == 1 or checkpoint["epoch"] == 0
+    # The best checkpoint is the first epoch with the highest val/acc (ModelCheckpoint keeps only improvements).
+    events = EventAccumulator(fit.trainer.log_dir)
+    events.Reload()
+    val_acc = [event.value for event in events.Scalars("val/acc")]
+    assert len(val_acc) == 2
+    assert checkpoint["epoch"] == val_acc.index(max(val_acc))
     logged = float(fit.trainer.checkpoint_callback.best_model_score)
     model = CNNClassifier.load_from_checkpoint(best, weights_only=True)
     validate = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, "--ckpt_path", best)
@@ -220,10 +225,14 @@ def test_mutated_configs_exit_2_naming_the_key(config, mutation, run_cli, tmp_pa
 
 def test_malformed_yaml_exits_2(run_cli, tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
-    broken.write_text(CNN.read_text().replace("max_epochs: 20", "max_epochs: [20"))
+    original = CNN.read_text()
+    broken.write_text(original.replace("max_epochs: 20", "max_epochs: [20"))
+    assert broken.read_text() != original  # the config still has the line this test breaks
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", "--config", broken)
     assert exit_info.value.code == 2
+    line = original[: original.index("max_epochs: 20")].count("\n") + 1
+    assert f"line {line}," in capsys.readouterr().err  # the parser's message points at the broken line
 
 
 def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, tmp_path, capsys):

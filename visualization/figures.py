@@ -1,8 +1,8 @@
 """The project's pictures as pure functions: tensors and lists in, figures or pixels out.
 
 Two kinds, by cost. Pictures made of images (Grad-CAM overlays, feature maps)
-are image grids: cells composed as tensors with torchvision's ``make_grid`` and
-captioned with PIL, straight to an ``[H, W, 3]`` uint8 array. Building one
+are image grids (:func:`image_grid`): cells enlarged and pasted into one numpy
+array and captioned with PIL, straight to an ``[H, W, 3]`` uint8 array. Building one
 matplotlib axes costs about 15 ms, so a grid of 70 images took over a second
 as a figure and takes a few tens of milliseconds this way. Charts (loss
 curves, gate strips with a colour bar) are matplotlib figures: ``matplotlib.figure.Figure`` with an Agg canvas, never
@@ -14,9 +14,8 @@ written to disk, and it is safe in training processes and DataLoader workers.
 Input conventions:
 
 * Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) float tensors in ``[0, 1]``,
-  i.e. already de-normalised; :func:`denormalize` undoes the dataset
-  normalisation. An image outside ``[0, 1]`` is min-max scaled for display
-  rather than clipped to a blank.
+  as the models take them (they normalise internally). An image outside
+  ``[0, 1]`` is min-max scaled for display rather than clipped to a blank.
 * Maps (CAMs, activations, gates) are plain tensors; any scaling needed for
   display happens here. Constant or all-zero maps render blank but finite.
 * Labels and predictions are class indices; ``classes`` maps them to names.
@@ -39,7 +38,6 @@ from torch import Tensor
 __all__ = [
     "GRID_PAD",
     "channel_gates_figure",
-    "denormalize",
     "epoch_curves_figure",
     "feature_maps_grid",
     "figure_to_image",
@@ -52,8 +50,8 @@ __all__ = [
     "top_channels_grid",
 ]
 
-# Size of one image cell in inches; at 100 dpi a 32x32 image gets ~160 px,
-# enough to see Grad-CAM blobs without a huge TensorBoard payload.
+# Unit, in inches, of the channel-gate figure's size: at 100 dpi each block's
+# strip is about 115 px high.
 _CELL = 1.6
 _DPI = 100
 # Ranges below this count as constant (blank rendering, no division by ~0).
@@ -94,26 +92,6 @@ def figure_to_image(fig: Figure) -> np.ndarray:
         for ax in list(fig.axes):
             fig.delaxes(ax)
     return image
-
-
-def denormalize(
-    images: Tensor, mean: Sequence[float], std: Sequence[float]
-) -> Tensor:
-    """Undo ``Normalize(mean, std)`` so images can be shown, clipped to ``[0, 1]``.
-
-    Args:
-        images: ``[3, H, W]`` or ``[N, 3, H, W]`` normalised images.
-        mean: Per-channel mean used for normalisation (from the data module).
-        std: Per-channel standard deviation used for normalisation.
-
-    Returns:
-        Images in ``[0, 1]``, same shape, float, on the CPU.
-    """
-    images = images.detach().float().cpu()
-    shape = (-1, 1, 1)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(shape)
-    s = torch.as_tensor(std, dtype=torch.float32).view(shape)
-    return (images * s + m).clamp(0, 1)
 
 
 def heatmap_overlay(
@@ -164,7 +142,8 @@ def loss_curve_figure(
         steps: Global step of each loss.
         losses: Batch loss at each step (non-finite values leave gaps).
         boundaries: Global steps where a new stage begins (e.g. unfreezing).
-        boundary_labels: One label per boundary; default ``"step N"``.
+        boundary_labels: One label per boundary, e.g. what the stage trains
+            (``LossPlots`` passes ``stage 1: +layer3, +layer4 @ 1e-4``); default ``"step N"``.
         smooth_window: Moving-average window in steps; default about 2% of
             the run, so the trend is visible through batch noise.
 
@@ -200,10 +179,12 @@ def loss_curve_figure(
     labels = boundary_labels or [f"step {b}" for b in boundaries]
     for step, label in zip(boundaries, labels):
         ax.axvline(step, color="tab:red", ls="--", lw=1.0)
-        # Label at the top, in axes coordinates so it stays put when y changes.
+        # Label at the top, in axes coordinates so it stays put when y changes; on a
+        # white box, so it stays readable where it crosses the curve.
         ax.annotate(label, xy=(step, 1), xycoords=("data", "axes fraction"),
                     xytext=(2, -4), textcoords="offset points", rotation=90,
-                    va="top", ha="left", fontsize=8, color="tab:red")
+                    va="top", ha="left", fontsize=8, color="tab:red",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     if not finite.any():
         _no_data(ax)
     ax.set_xlabel("global step")
@@ -360,7 +341,7 @@ def layer_gradcam_grid(
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
         cam: ``[N, H, W]``, one layer's maps.
-        labels: True class index per image.
+        labels: True class index per image, -1 when unknown (captioned ``true: ?``).
         preds: Predicted class index per image.
         classes: Class names, indexed by class.
 
@@ -587,10 +568,12 @@ def _signed_to_unit(attr: Tensor) -> np.ndarray:
 
 
 def _true_pred(label: int | Tensor, pred: int | Tensor, classes: Sequence[str] | None) -> str:
-    """'true: X / pred: Y' (on two lines) with class names when known."""
+    """'true: X / pred: Y' (on two lines) with class names when known; 'true: ?' for a label of -1 (unknown)."""
     def name(index: int | Tensor) -> str:
         i = int(index)
-        return classes[i] if classes is not None and 0 <= i < len(classes) else str(i)
+        if i < 0:
+            return "?"  # e.g. an image explain.py read from outside any class folder
+        return classes[i] if classes is not None and i < len(classes) else str(i)
 
     # Two lines: long class names must fit a 32x32 image cell.
     return f"true: {name(label)}\npred: {name(pred)}"

@@ -117,7 +117,7 @@ def render_pictures(
             (our LightningModules normalise internally).
         images: ``[N, C, H, W]`` floats in ``[0, 1]``; moved to the model's
             device and floating dtype.
-        labels: True class per image (``-1`` when unknown).
+        labels: True class per image (``-1`` when unknown: captioned ``true: ?``).
         classes: Class names indexed by class.
         layers: Layer names relative to ``layer_root``, low to high.
         layer_root: Module the names are resolved in (``model.net`` for our
@@ -149,8 +149,8 @@ def render_pictures(
     extra = _input_attributions(model, x, preds, methods, named[layers[-1]])
     shown = x.detach().float().cpu()
     # Side by side for comparing layers, and one stable tag per layer for
-    # following a layer over the epochs. Grids of tensors, not matplotlib
-    # figures: all of them cost less than one figure did.
+    # following a layer over the epochs. Image grids pasted in numpy, not
+    # matplotlib figures: all of them cost less than one figure did.
     pictures = {"gradcam/all_layers": gradcam_grid(shown, cams, labels, preds, classes, extra)}
     for name, cam in cams.items():
         pictures[f"gradcam/{name}"] = layer_gradcam_grid(shown, cam, labels, preds, classes)
