@@ -1,0 +1,142 @@
+"""Several machines by Trainer flags, and preemption under SLURM, with real processes on loopback (gloo, CPU).
+
+- Two "nodes" (two processes, each in its own folder with its own copy of the
+  data, as two machines would be) train to the same bits as one node with two
+  processes, by Lightning's own environment variables and by torchrun, and only
+  global rank 0 writes logs, checkpoints and pictures.
+- Under SLURM, SIGUSR1 makes Lightning save ``hpc_ckpt_<n>.ckpt`` in
+  ``default_root_dir`` and requeue the job (``scontrol`` here is a stub that
+  records its call and, like SLURM, then sends the job SIGTERM). The CLI turns
+  that SIGTERM into last.ckpt and exit 143. The requeued job, the same command
+  with the same SLURM_JOB_ID, resumes from the hpc checkpoint bit-exactly, and
+  with ``--ckpt_path last`` from last.ckpt to the same bits.
+
+Every process runs with OMP_NUM_THREADS=1: the same threads per process in
+both layouts is what makes their floating-point sums, hence the bits, agree.
+docs/cluster.md shows the batch script and the torchrun line these tests run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.cluster_helpers import clean_env, free_port
+from tests.conftest import REPO
+from tests.test_cli import tiny_args
+
+CNN = REPO / "configs" / "cnn.yaml"
+# 72 tiny images, 12 validated; batches of 16 over 2 ranks: 2 steps an epoch, 2 epochs.
+TRAIN = ["--data.batch_size", "16", "--trainer.deterministic", "true", "--trainer.max_epochs", "2"]
+DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+TIMEOUT = 300
+
+
+def _command(data: Path, *extra: str) -> list[str]:
+    return [str(REPO / "cli.py"), "fit", *map(str, [*tiny_args(CNN, data), *TRAIN, *DDP, *extra])]
+
+
+def _env(**extra) -> dict[str, str]:
+    return clean_env(PYTHONPATH=str(REPO), **extra)
+
+
+def _machine(root: Path, name: str, tiny_data: Path) -> tuple[Path, Path]:
+    """A folder for one machine with its own copy of the data."""
+    folder = root / name
+    shutil.copytree(tiny_data, folder / "data", ignore=shutil.ignore_patterns(".cache"))
+    return folder, folder / "data"
+
+
+def _wait_all(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """Wait for every process; kill the rest if one hangs, so a broken rendezvous fails instead of blocking CI."""
+    results = []
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=TIMEOUT)
+            results.append((process.returncode, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for code, stderr in results:
+        assert code == 0, stderr[-3000:]
+    return results
+
+
+def _run_dir(machine: Path) -> Path:
+    (run,) = (machine / "lightning_logs" / "cnn").iterdir()
+    return run
+
+
+def _last_weights(machine: Path) -> dict[str, torch.Tensor]:
+    return torch.load(_run_dir(machine) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def _assert_same_bits(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        assert torch.equal(value, expected[key]), key
+
+
+def _assert_only_rank_zero_wrote(rank_zero: Path, others: list[Path]) -> None:
+    run = _run_dir(rank_zero)
+    assert run.name == "version_0"
+    (events,) = run.glob("events.out.tfevents.*")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert len(list((run / "checkpoints").iterdir())) == 2  # best-*.ckpt and last.ckpt
+    assert (run / "run.json").is_file() and (run / "config.yaml").is_file()
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert any(tag.startswith("gradcam/") for tag in accumulator.Tags()["images"])  # the pictures are drawn
+    for other in others:  # the other machine's folder holds its data and nothing else
+        assert sorted(p.name for p in other.iterdir()) == ["data"], sorted(other.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def one_node(tiny_data, tmp_path_factory) -> Path:
+    """One machine, two processes: Lightning launches the second itself."""
+    machine, data = _machine(tmp_path_factory.mktemp("one_node"), "node", tiny_data)
+    process = subprocess.Popen([sys.executable, *_command(data, "--trainer.devices", 2)], cwd=machine, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_all([process])
+    return machine
+
+
+def test_two_nodes_by_environment_variables_train_to_the_same_bits_as_one_node(one_node, tiny_data, tmp_path):
+    port = free_port()
+    machines = [_machine(tmp_path, f"node{rank}", tiny_data) for rank in (0, 1)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, *_command(data, "--trainer.num_nodes", 2, "--trainer.devices", 1)], cwd=machine,
+            # LightningEnvironment: LOCAL_RANK set means "the processes are launched for me".
+            env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=rank, LOCAL_RANK=0, WORLD_SIZE=2),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for rank, (machine, data) in enumerate(machines)
+    ]
+    _wait_all(processes)
+    _assert_same_bits(_last_weights(machines[0][0]), _last_weights(one_node))
+    _assert_only_rank_zero_wrote(machines[0][0], [machines[1][0]])
+    _assert_only_rank_zero_wrote(one_node, [])
+
+
+def test_two_nodes_through_torchrun_train_to_the_same_bits_as_one_node(one_node, tiny_data, tmp_path):
+    port = free_port()
+    machines = [_machine(tmp_path, f"node{rank}", tiny_data) for rank in (0, 1)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--node-rank", str(rank), "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), *_command(data, "--trainer.num_nodes", 2, "--trainer.devices", 1)],
+            cwd=machine, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for rank, (machine, data) in enumerate(machines)
+    ]
+    _wait_all(processes)
+    _assert_same_bits(_last_weights(machines[0][0]), _last_weights(one_node))
+    _assert_only_rank_zero_wrote(machines[0][0], [machines[1][0]])
