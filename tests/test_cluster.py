@@ -140,3 +140,55 @@ def test_two_nodes_through_torchrun_train_to_the_same_bits_as_one_node(one_node,
     _wait_all(processes)
     _assert_same_bits(_last_weights(machines[0][0]), _last_weights(one_node))
     _assert_only_rank_zero_wrote(machines[0][0], [machines[1][0]])
+
+
+# ---- preemption under SLURM ----------------------------------------------------------------------
+
+JOB_ID = "4242"
+SLURM = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "cifar", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+         "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+         "SLURM_NODELIST": "127.0.0.1"}
+# 72 tiny images, 12 validated, batches of 16: 4 steps an epoch; SIGUSR1 after step 6, mid-epoch 1.
+SINGLE = ["--data.batch_size", 16, "--trainer.deterministic", "true", "--trainer.max_epochs", 3]
+USR1_AT_6 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 6]
+
+
+def _scontrol_stub(folder: Path) -> Path:
+    """``scontrol`` that records its arguments and, as SLURM does on a requeue, ends the job with SIGTERM."""
+    folder.mkdir()
+    stub = folder / "scontrol"
+    stub.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\nkill -TERM "$PPID"\n')
+    stub.chmod(0o755)
+    return stub
+
+
+def test_sigusr1_requeues_and_the_requeued_job_resumes_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch):
+    straight = run_cli("fit", *tiny_args(CNN, tiny_data), *SINGLE, "--trainer.logger.init_args.name", "straight")
+
+    stub = _scontrol_stub(tmp_path / "bin")
+    log = tmp_path / "scontrol.log"
+    env = _env(**SLURM, SCONTROL_LOG=log, PATH=f"{stub.parent}:{clean_env()['PATH']}")
+    job = subprocess.run([sys.executable, str(REPO / "cli.py"), "fit", *map(str, [*tiny_args(CNN, tiny_data), *SINGLE,
+                          *USR1_AT_6])], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    # SIGUSR1: Lightning saved hpc_ckpt_1.ckpt in default_root_dir (the working folder) and requeued the job.
+    assert log.read_text() == f"requeue {JOB_ID}\n"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 6
+    # SLURM's SIGTERM then reached the CLI's own path: last.ckpt at the same step, and exit 143.
+    assert job.returncode == 143, job.stderr[-3000:]
+    last = tmp_path / "lightning_logs" / "cnn" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+
+    for key, value in SLURM.items():
+        monkeypatch.setenv(key, value)
+    expected = straight.model.state_dict()
+    # The requeued job with --ckpt_path last (docs/cluster.md's script): the CLI's own checkpoint, into the same run.
+    from_last = run_cli("fit", *tiny_args(CNN, tiny_data), *SINGLE, *USR1_AT_6, "--ckpt_path", "last")
+    assert Path(from_last.trainer.ckpt_path).resolve() == last
+    assert from_last.trainer.global_step == straight.trainer.global_step == 12
+    _assert_same_bits(from_last.model.state_dict(), expected)
+    # The same command without it, the same SLURM_JOB_ID: Lightning finds the hpc checkpoint itself (in a new run folder).
+    requeued = run_cli("fit", *tiny_args(CNN, tiny_data), *SINGLE, *USR1_AT_6)
+    assert Path(requeued.trainer.ckpt_path) == hpc
+    assert requeued.trainer.global_step == 12 and requeued.trainer.log_dir.endswith("version_1")
+    _assert_same_bits(requeued.model.state_dict(), expected)
