@@ -33,11 +33,21 @@ class SignalsAtStep(L.Callback):
     (``#SBATCH --signal=USR1@90``); ``["SIGUSR1", "SIGTERM"]`` adds the kill that follows.
     """
 
-    def __init__(self, step: int = 6, signals: list[str] | None = None) -> None:
+    def __init__(self, step: int = 6, signals: list[str] | None = None, mid_step: bool = False) -> None:
         self.step = step
         self.signals = signals or ["SIGUSR1"]
+        self.mid_step = mid_step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _send(self, trainer) -> None:
         if trainer.global_step == self.step:
             for name in self.signals:
                 os.kill(os.getpid(), getattr(signal, name))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.mid_step:
+            self._send(trainer)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        # As a signal that arrives while backward runs: Python handles it as soon as backward returns.
+        if self.mid_step:
+            self._send(trainer)

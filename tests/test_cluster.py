@@ -148,9 +148,11 @@ JOB_ID = "4242"
 SLURM = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "cifar", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
          "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
          "SLURM_NODELIST": "127.0.0.1"}
-# 72 tiny images, 12 validated, batches of 16: 4 steps an epoch; SIGUSR1 after step 6, mid-epoch 1.
+# 72 tiny images, 12 validated, batches of 16: 4 steps an epoch. SIGUSR1 arrives during the backward pass of
+# step 7 (mid-epoch 1), as a real signal lands mid-step; the checkpoint is taken at that step's end.
 SINGLE = ["--data.batch_size", 16, "--trainer.deterministic", "true", "--trainer.max_epochs", 3]
-USR1_AT_6 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 6]
+USR1_AT_6 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 6,
+             "--trainer.callbacks.init_args.mid_step", "true"]
 
 
 def _scontrol_stub(folder: Path) -> Path:
@@ -170,14 +172,15 @@ def test_sigusr1_requeues_and_the_requeued_job_resumes_bit_exactly(tiny_data, ru
     env = _env(**SLURM, SCONTROL_LOG=log, PATH=f"{stub.parent}:{clean_env()['PATH']}")
     job = subprocess.run([sys.executable, str(REPO / "cli.py"), "fit", *map(str, [*tiny_args(CNN, tiny_data), *SINGLE,
                           *USR1_AT_6])], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    # SIGUSR1: Lightning saved hpc_ckpt_1.ckpt in default_root_dir (the working folder) and requeued the job.
+    # SIGUSR1: Lightning saved hpc_ckpt_1.ckpt in default_root_dir (the working folder) and requeued the job,
+    # at the end of the step the signal interrupted (callbacks.DeferredRequeue), not in the middle of it.
     assert log.read_text() == f"requeue {JOB_ID}\n"
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, weights_only=True)["global_step"] == 6
+    assert torch.load(hpc, weights_only=True)["global_step"] == 7
     # SLURM's SIGTERM then reached the CLI's own path: last.ckpt at the same step, and exit 143.
     assert job.returncode == 143, job.stderr[-3000:]
     last = tmp_path / "lightning_logs" / "cnn" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 6
+    assert torch.load(last, weights_only=True)["global_step"] == 7
 
     for key, value in SLURM.items():
         monkeypatch.setenv(key, value)
