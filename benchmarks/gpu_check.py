@@ -62,6 +62,7 @@ from datamodules import CIFAR10DataModule
 PREPARED = REPO / ".gpu_check"  # filled by benchmarks/gpu_prepare.sh
 RECIPE = REPO / "configs" / "resnet_cbam.yaml"
 PRECISIONS = ("32-true", "bf16-mixed")
+CHECKS = ("throughput", "recipe", "ddp", "test", "compile")  # row groups, in the order they run
 HEADER = ["check", "setting", "fit images/s", "bare step images/s", "fit / bare", "result"]
 
 
@@ -467,6 +468,8 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (rewritten after each row)")
     parser.add_argument("--budget", type=float, default=390.0,
                         help="seconds; rows that would start later are skipped (390: set-up and the last row fit in 8 minutes)")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS),
+                        help="row groups to run (a rerun of some; 'test' reads the checkpoint of 'ddp')")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else GPU
     if not args.smoke and not torch.cuda.is_available():
@@ -497,13 +500,19 @@ def main(argv: list[str] | None = None) -> Table:
         compiled = [Setting("cnn", "bf16-mixed", True, True, True)]
     bare: dict[Setting, float] = {}
     with _compile_backend(args.smoke):
-        throughput_rows(table, data, sizes, grid, num_classes, bare)
-        table.run("recipe", f"configs/resnet_cbam.yaml, pretrained false, {sizes.cli_precision}",
-                  lambda: ["", "", "", recipe_row(data, args.work, sizes)])
-        table.run("DDP", f"stages at epochs 0/1/2, ddp, devices 1, {sizes.cli_precision}",
-                  lambda: ["", "", "", ddp_row(data, args.work, sizes)])
-        table.run("test", "test --ckpt_path best of the DDP run", lambda: ["", "", "", test_row(data, args.work, sizes)])
-        throughput_rows(table, data, sizes, compiled, num_classes, bare)
+        if "throughput" in args.checks:
+            throughput_rows(table, data, sizes, grid, num_classes, bare)
+        if "recipe" in args.checks:
+            table.run("recipe", f"configs/resnet_cbam.yaml, pretrained false, {sizes.cli_precision}",
+                      lambda: ["", "", "", recipe_row(data, args.work, sizes)])
+        if "ddp" in args.checks:
+            table.run("DDP", f"stages at epochs 0/1/2, ddp, devices 1, {sizes.cli_precision}",
+                      lambda: ["", "", "", ddp_row(data, args.work, sizes)])
+        if "test" in args.checks:
+            table.run("test", "test --ckpt_path best of the DDP run",
+                      lambda: ["", "", "", test_row(data, args.work, sizes)])
+        if "compile" in args.checks:
+            throughput_rows(table, data, sizes, compiled, num_classes, bare)
     table.preamble.append(f"total {time.perf_counter() - start:.0f} s")
     table.print()
     table.write()

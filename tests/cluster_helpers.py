@@ -33,13 +33,14 @@ class SignalsAtStep(L.Callback):
     (``#SBATCH --signal=USR1@90``); ``["SIGUSR1", "SIGTERM"]`` adds the kill that follows.
     """
 
-    def __init__(self, step: int = 6, signals: list[str] | None = None, mid_step: bool = False) -> None:
+    def __init__(self, step: int = 6, signals: list[str] | None = None, mid_step: bool = False, rank: int = -1) -> None:
         self.step = step
         self.signals = signals or ["SIGUSR1"]
         self.mid_step = mid_step
+        self.rank = rank  # -1: every rank
 
     def _send(self, trainer) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (-1, trainer.global_rank):
             for name in self.signals:
                 os.kill(os.getpid(), getattr(signal, name))
 

@@ -155,11 +155,11 @@ USR1_AT_6 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trai
              "--trainer.callbacks.init_args.mid_step", "true"]
 
 
-def _scontrol_stub(folder: Path) -> Path:
+def _scontrol_stub(folder: Path, end_job: bool = True) -> Path:
     """``scontrol`` that records its arguments and, as SLURM does on a requeue, ends the job with SIGTERM."""
     folder.mkdir()
     stub = folder / "scontrol"
-    stub.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\nkill -TERM "$PPID"\n')
+    stub.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n' + ('kill -TERM "$PPID"\n' if end_job else ""))
     stub.chmod(0o755)
     return stub
 
@@ -195,3 +195,26 @@ def test_sigusr1_requeues_and_the_requeued_job_resumes_bit_exactly(tiny_data, ru
     assert Path(requeued.trainer.ckpt_path) == hpc
     assert requeued.trainer.global_step == 12 and requeued.trainer.log_dir.endswith("version_1")
     _assert_same_bits(requeued.model.state_dict(), expected)
+
+
+def test_under_ddp_one_signalled_rank_makes_every_rank_save_at_the_same_step(tiny_data, tmp_path):
+    # srun's two tasks on one node. Only rank 1 gets SIGUSR1 (during backward of step 3): saving is collective,
+    # so rank 1 saving alone would hang; the ranks agree and both save at the end of that step. scontrol records
+    # only, so training then runs to its end.
+    stub = _scontrol_stub(tmp_path / "bin", end_job=False)
+    log = tmp_path / "scontrol.log"
+    slurm = {**SLURM, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port())}
+    signal_rank_1 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 2,
+                     "--trainer.callbacks.init_args.mid_step", "true", "--trainer.callbacks.init_args.rank", 1]
+    command = [sys.executable, *_command(tiny_data, "--trainer.devices", 2, *signal_rank_1)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=_env(**{**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+                                  SCONTROL_LOG=log, PATH=f"{stub.parent}:{clean_env()['PATH']}"))
+        for rank in (0, 1)
+    ]
+    _wait_all(processes)
+    assert log.read_text() == f"requeue {JOB_ID}\n"  # rank 0 alone requeues
+    (hpc,) = tmp_path.glob("hpc_ckpt_*.ckpt")
+    assert torch.load(hpc, weights_only=True)["global_step"] == 3
