@@ -21,13 +21,14 @@ def test_smoke_run_fills_every_row_without_an_error(tmp_path):
     table = result.stdout
     assert out.read_text().strip() == table.strip()  # the file is the printed table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| check")]
-    assert len(rows) == 11
+    assert len(rows) == 9
     assert not [row for row in rows if "error" in row or "skipped" in row]
     by_check = {}
     for row in rows:
         by_check.setdefault(row.split(" | ")[0].strip("| "), []).append(row)
-    assert len(by_check["fit"]) == 4 and len(by_check["bare step"]) == 4
+    assert len(by_check["fit"]) == 3 and len(by_check["bare step"]) == 3  # one row per switch, compile included
     assert all(row.split(" | ")[4].endswith("%") for row in by_check["fit"])  # fit as a share of the bare step
+    assert [row for row in by_check["fit"] if "compile on" in row and "keep_on_device on" in row]
     (recipe,) = by_check["recipe"]
     assert "2 epochs" in recipe and "stages by epoch 0,0 as configured" in recipe and "none blank" in recipe
     (ddp,) = by_check["DDP"]
