@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
     AtomicCheckpointIO,
+    DeferredRequeue,
     LastCheckpoint,
     RNGStateCheckpoint,
     RunRecorder,
@@ -163,7 +164,8 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss()]
+                # DeferredRequeue: SLURM's SIGUSR1 checkpoint at a step boundary (docs/cluster.md)
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss(), DeferredRequeue()]
             },
             args=args,
         )

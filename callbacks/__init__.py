@@ -3,12 +3,14 @@
 from callbacks.fault_tolerance import AtomicCheckpointIO, LastCheckpoint, StopOnNonFiniteLoss
 from callbacks.interpretability import InterpretabilityDumps
 from callbacks.loss_plots import LossPlots
+from callbacks.requeue import DeferredRequeue
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.run_record import RunRecorder
 from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 
 __all__ = [
     "AtomicCheckpointIO",
+    "DeferredRequeue",
     "InterpretabilityDumps",
     "LastCheckpoint",
     "LossPlots",
