@@ -33,7 +33,7 @@ from callbacks import (
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from lightning_modules import ImageClassifier
-from user_input import UserInputError
+from user_input import UserInputError, user_input_errors_raised
 
 # The checkpoint callbacks every run gets unless checkpointing is turned off.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
@@ -117,13 +117,14 @@ class ProjectCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
     def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except Exception as error:
-            user_error = _user_input_error(error)
-            if user_error is None:
-                raise  # a bug, not a bad config: keep the traceback
-            self.parser.error(str(user_error))
+        with user_input_errors_raised() as raised:
+            try:
+                super().instantiate_classes()
+            except Exception as error:
+                user_error = _user_input_error(error, raised)
+                if user_error is None:
+                    raise  # a bug, not a bad config: keep the traceback
+                self.parser.error(str(user_error))
 
 
 def _place_under_root_dir(trainer: Any) -> None:
@@ -143,8 +144,12 @@ def _place_under_root_dir(trainer: Any) -> None:
             init_args.save_dir = str(root / save_dir)
 
 
-def _user_input_error(error: BaseException) -> UserInputError | None:
-    """Our own ``UserInputError`` anywhere in the chain jsonargparse wraps it in, else None."""
+def _user_input_error(error: BaseException, raised: list[UserInputError]) -> UserInputError | None:
+    """The ``UserInputError`` behind ``error``, else None.
+
+    jsonargparse may chain ours under its own ``ValueError``, or only quote it
+    in its message (``raised`` holds the ones made meanwhile): either counts.
+    """
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
@@ -152,7 +157,8 @@ def _user_input_error(error: BaseException) -> UserInputError | None:
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    return None
+    quoted = [e for e in raised if str(e).splitlines() and str(e).splitlines()[0] in str(error)]
+    return quoted[-1] if quoted else None
 
 
 def main(args: list[str] | None = None) -> ProjectCLI:

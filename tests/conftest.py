@@ -7,13 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
-# Keep CPU tests from oversubscribing the 2-core CI machine.
+# Keep CPU tests from oversubscribing the 2-core CI machine, and give in-process runs the threads that
+# the subprocesses they are compared with get: results are bit-identical only at equal thread counts.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture
+def one_thread():
+    """Run the in-process part of a test on one torch thread, as its ``OMP_NUM_THREADS=1`` subprocesses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_image_folder(

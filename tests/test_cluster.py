@@ -164,7 +164,8 @@ def _scontrol_stub(folder: Path, end_job: bool = True) -> Path:
     return stub
 
 
-def test_sigusr1_requeues_and_the_requeued_job_resumes_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch):
+def test_sigusr1_requeues_and_the_requeued_job_resumes_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch,
+                                                                   one_thread):
     straight = run_cli("fit", *tiny_args(CNN, tiny_data), *SINGLE, "--trainer.logger.init_args.name", "straight")
 
     stub = _scontrol_stub(tmp_path / "bin")

@@ -20,7 +20,8 @@ def test_a_bug_in_a_model_keeps_its_traceback_instead_of_exit_2(tiny_data, run_c
     while error is not None:
         chain.append(error)
         error = error.__cause__ or error.__context__
-    assert any(isinstance(e, TypeError) and "object of type 'int' has no len" in str(e) for e in chain)
+    # Chained as itself, or quoted by jsonargparse's wrapper (older releases): either way the user reads it.
+    assert any("object of type 'int' has no len" in str(e) for e in chain)
 
 
 def test_a_bad_value_the_project_checks_exits_2_with_its_hint(tiny_data, run_cli, capsys):
