@@ -88,6 +88,8 @@ class PredictionWriter(BasePredictionWriter):
         self.path: Path | None = None
         self._part: Any = None
         self._columns: list[str] = []
+        self._classes: list[str] = []
+        self._paths: list[str] = []
 
     def columns(self, num_classes: int) -> list[str]:
         ranks = range(1, min(self.top_k, num_classes) + 1)
@@ -105,8 +107,17 @@ class PredictionWriter(BasePredictionWriter):
 
     @override
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._classes = pl_module.class_names()
+        self._paths = list(getattr(trainer.datamodule, "predict_paths", None) or [])
         self._part = open(self._part_path(trainer.global_rank), "w", newline="")
         csv.DictWriter(self._part, self._columns).writeheader()
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After a failed predict, leave no part file behind (a finished one was merged and removed)."""
+        if self._part is not None and not self._part.closed:
+            self._part.close()
+            self._part_path(trainer.global_rank).unlink(missing_ok=True)
 
     @override
     def write_on_batch_end(
@@ -126,8 +137,8 @@ class PredictionWriter(BasePredictionWriter):
             prediction["probs"],
             indices,
             labels.tolist() if labels is not None else None,
-            pl_module.class_names(),
-            list(getattr(trainer.datamodule, "predict_paths", None) or []),
+            self._classes,
+            self._paths,
             self.top_k,
         )
         csv.DictWriter(self._part, self._columns).writerows(rows)

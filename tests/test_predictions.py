@@ -94,6 +94,17 @@ def test_predict_dir_takes_any_size_names_broken_files_and_predicts_the_rest(fit
     assert_rows_match(rows, model_probs(fitted, [mine / "big.jpg", mine / "cat" / "a.png"]), ["", "cat"])
 
 
+def test_predict_dir_without_labels_is_predicted_and_explained(fitted, tiny_data, run_cli, tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for name in ("a.png", "b.png"):
+        (loose / name).write_bytes((tiny_data / "test/ship/000.png").read_bytes())
+    predict = run_cli("predict", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted, "--data.predict_dir", loose)
+    run = Path(predict.trainer.log_dir)
+    assert [(r["file"], r["true"]) for r in read_csv(run / "predictions.csv")] == [("a.png", ""), ("b.png", "")]
+    assert (run / "pictures/predict/gradcam_all_layers.png").is_file()  # probes drawn from unlabelled images
+
+
 def _other_classes(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "other", classes=("bird", "dog", "ship"), per_class={"train": 2, "test": 1})
 
