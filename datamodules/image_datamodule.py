@@ -192,7 +192,6 @@ class ImageDataModule(L.LightningDataModule):
         self.predict_paths: list[str] = []  # file of each predicted image, relative to its folder, when known
         self._permutation: torch.Tensor | None = None
         self._shuffle_seed: int | None = None
-        self._test_paths: list[str] = []
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
 
     # ---- where the data come from -------------------------------------------------
@@ -292,19 +291,19 @@ class ImageDataModule(L.LightningDataModule):
             self.train_set = InMemoryImages(full.images[train_index], full.labels[train_index])
             self.val_set = InMemoryImages(full.images[val_index], full.labels[val_index])
             self._image_size = tuple(full.images.shape[-2:])
-        if stage == "test" or (stage == "predict" and self.predict_dir is None):
-            if self.test_set is None:
-                test = self._load_split("test")
-                self.test_set = InMemoryImages(test.images, test.labels)
-                self._test_paths = test.paths
-                self._image_size = tuple(test.images.shape[-2:])
-            if stage == "predict":
-                self.predict_set = IndexedImages(self.test_set.images, self.test_set.labels)
-                self.predict_paths = [f"test/{path}" for path in self._test_paths]
-        if stage == "predict" and self.predict_dir is not None and self.predict_set is None:
-            found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
+        if stage == "test" and self.test_set is None:
+            test = self._load_split("test")
+            self.test_set = InMemoryImages(test.images, test.labels)
+            self._image_size = tuple(test.images.shape[-2:])
+        if stage == "predict" and self.predict_set is None:
+            if self.predict_dir is None:
+                found = self._load_split("test")
+                self._image_size = tuple(found.images.shape[-2:])
+                self.predict_paths = [f"test/{path}" for path in found.paths]
+            else:
+                found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
+                self.predict_paths = found.paths
             self.predict_set = IndexedImages(found.images, found.labels)
-            self.predict_paths = found.paths
         if self.keep_on_device:
             self._move_to_device()
 
