@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
     AtomicCheckpointIO,
+    DeferredRequeue,
     LastCheckpoint,
     RNGStateCheckpoint,
     RunRecorder,
@@ -109,6 +110,8 @@ class ProjectCLI(LightningCLI):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if trainer.get("logger") is False:  # the configs' rate monitor has nowhere to log: leave it out
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if trainer.get("enable_checkpointing") is not False:
             callbacks += [config[key] for key in CHECKPOINT_KEYS]
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
@@ -161,7 +164,8 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss()]
+                # DeferredRequeue: SLURM's SIGUSR1 checkpoint at a step boundary (docs/cluster.md)
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss(), DeferredRequeue()]
             },
             args=args,
         )

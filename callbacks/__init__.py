@@ -5,6 +5,7 @@ from callbacks.fault_tolerance import AtomicCheckpointIO, LastCheckpoint, StopOn
 from callbacks.interpretability import InterpretabilityDumps
 from callbacks.loss_plots import LossPlots
 from callbacks.predictions import PredictionWriter
+from callbacks.requeue import DeferredRequeue
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.run_record import RunRecorder
 from callbacks.unfreeze import ProgressiveUnfreeze, Stage
@@ -12,6 +13,7 @@ from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 __all__ = [
     "AtomicCheckpointIO",
     "ConfusionMatrixPlot",
+    "DeferredRequeue",
     "InterpretabilityDumps",
     "LastCheckpoint",
     "LossPlots",

@@ -35,6 +35,13 @@ def test_enable_checkpointing_false_trains_and_writes_no_checkpoint(tiny_data, r
     assert (tmp_path / "lightning_logs/cnn/version_0/config.yaml").is_file()  # the run itself is still logged
 
 
+def test_logger_false_trains_without_logs(tiny_data, run_cli, tmp_path):
+    # Every config monitors learning rates; with no logger that monitor is left out rather than failing.
+    cli = _fit(run_cli, tiny_data, "--trainer.max_epochs", 1, "--trainer.logger", "false")
+    assert cli.trainer.global_step == 2 and cli.trainer.logger is None
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
 def test_a_resume_that_fails_before_training_writes_nothing(tiny_data, run_cli, tmp_path):
     _fit(run_cli, tiny_data, "--trainer.max_epochs", 3)
     last = tmp_path / "lightning_logs/cnn/version_0/checkpoints/last.ckpt"

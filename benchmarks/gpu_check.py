@@ -1,0 +1,522 @@
+"""GPU check (issue 13): every CUDA path we ship, measured in one command, one Markdown table.
+
+On the borrowed GPU machine, after ``bash benchmarks/gpu_prepare.sh`` here
+(the exact device call is in docs/gpu_check.md):
+
+    python -m benchmarks.gpu_check --out gpu_check.md
+
+The same code paths on CPU, on tiny generated images, in well under a minute
+(tests/test_gpu_check.py runs it, so it cannot rot between GPU loans):
+
+    python -m benchmarks.gpu_check --smoke
+
+Rows, in the order they run (the cheapest and most telling first; a row that
+would start after ``--budget`` seconds is skipped and says so):
+
+1. ``fit`` images/s of the CNN and ResNet18+CBAM on the 45,000 real training
+   images, fp32 / bf16-mixed x NCHW / channels_last x keep_on_device off / on,
+   next to the bare forward+backward+Adam step on random tensors already on the
+   device (the ceiling) and ``fit`` as a share of it;
+2. ``configs/resnet_cbam.yaml`` as shipped, ``--model.pretrained false`` and
+   bf16-mixed, for 6 epochs: s/epoch, the unfreeze stage of each epoch against
+   the configured one (epoch 5 is the first stage change), pictures written and
+   none blank;
+3. the same recipe, stages moved to epochs 0/1/2, under ``--trainer.strategy ddp
+   --trainer.devices 1`` (NCCL on a GPU): the re-wrap at each stage change;
+4. ``test --ckpt_path best`` of that run;
+5. the ``compile`` rows of (1), last because each one compiles first.
+
+Every row catches its own failure and prints the error in the table.
+CLI rows run ``cli.py`` in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from benchmarks.common import REPO, machine_line, print_table
+from benchmarks.training_throughput import MODELS, _StepTimer, make_step
+from datamodules import CIFAR10DataModule
+
+PREPARED = REPO / ".gpu_check"  # filled by benchmarks/gpu_prepare.sh
+RECIPE = REPO / "configs" / "resnet_cbam.yaml"
+PRECISIONS = ("32-true", "bf16-mixed")
+CHECKS = ("throughput", "recipe", "ddp", "test", "compile")  # row groups, in the order they run
+HEADER = ["check", "setting", "fit images/s", "bare step images/s", "fit / bare", "result"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each row does: the real check, and its CPU smoke twin that runs the same code on less."""
+
+    train_per_class: int  # training files per class on disk (45,000 trained + 5,000 validated on the GPU)
+    test_per_class: int  # the stand-in test split: copies of training images
+    val_size: int
+    batch_size: int
+    warmup: int  # steps before timing starts: cuDNN autotuning, compile, allocator warm-up
+    steps: int  # timed steps, within the first epoch
+    recipe_epochs: int  # 6 reaches the shipped schedule's first change, at epoch 5
+    recipe_flags: tuple[str, ...]
+    ddp_flags: tuple[str, ...]
+    accelerator: str = "cuda"
+    # bf16 convolutions on a CPU without bf16 units take a minute a ResNet step,
+    # so the smoke run's recipe and DDP rows train in fp32.
+    cli_precision: str = "bf16-mixed"
+
+
+GPU = Plan(
+    train_per_class=5000, test_per_class=100, val_size=5000, batch_size=64, warmup=30, steps=300,
+    recipe_epochs=6, recipe_flags=(),
+    ddp_flags=("--trainer.limit_train_batches", "100", "--trainer.limit_val_batches", "20"),
+)
+SMOKE = Plan(
+    train_per_class=12, test_per_class=2, val_size=6, batch_size=8, warmup=1, steps=2,
+    recipe_epochs=2,
+    recipe_flags=("--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"),
+    ddp_flags=("--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"),
+    accelerator="cpu", cli_precision="32-true",
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    keep_on_device: bool = False
+
+    def __str__(self) -> str:
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return (f"{self.model}, {self.precision}, {layout}, compile {'on' if self.compile else 'off'}, "
+                f"keep_on_device {'on' if self.keep_on_device else 'off'}")
+
+
+# ---- data -------------------------------------------------------------------------------
+
+
+def write_generated_images(folder: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
+    """``folder/train/<class>/*.png``: noise around a class colour, for the CPU smoke run."""
+    rng = np.random.default_rng(seed)
+    for label in range(classes):
+        target = folder / "train" / f"class{label}"
+        target.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.normal((label + 1) * 255 / (classes + 1), 40, size=(32, 32, 3)).clip(0, 255)
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(target / f"{index:04d}.png")
+    return folder
+
+
+def unpack(archive: Path, folder: Path) -> Path:
+    """Extract the carried ``train/<class>/*.jpg`` archive into ``folder``."""
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(folder, filter="data")
+        else:  # Python < 3.12 without the backported filters
+            tar.extractall(folder)
+    return folder
+
+
+def lay_out(carried: Path, data: Path, train_per_class: int, test_per_class: int) -> dict[str, int]:
+    """An image folder ``data/{train,test}/<class>`` of hard links to the carried images.
+
+    ``train`` holds ``train_per_class`` files per class: the carried ones, repeated
+    when fewer were carried. ``test`` holds the first ``test_per_class`` of each
+    class again: a stand-in, since only training images travel (its accuracy
+    says nothing; that ``test`` runs is the point).
+
+    Returns:
+        Counts of distinct carried images and of training files laid out.
+    """
+    distinct = laid = 0
+    for class_dir in sorted(p for p in (carried / "train").iterdir() if p.is_dir()):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file())
+        distinct += len(files)
+        for split, count in (("train", train_per_class), ("test", test_per_class)):
+            target = data / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                source = files[index % len(files)]
+                _link(source, target / f"{index // len(files):02d}_{source.name}")
+            laid += count if split == "train" else 0
+    return {"distinct": distinct, "train_files": laid}
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
+
+
+def prepare_data(args: argparse.Namespace, sizes: Plan) -> tuple[Path, str]:
+    """The image folder every row reads, and a line that says what it holds."""
+    data = args.work / "data"
+    for stale in (data, args.work / "carried", args.work / "lightning_logs"):  # rows read version_0
+        shutil.rmtree(stale, ignore_errors=True)
+    if args.smoke:
+        carried = write_generated_images(args.work / "carried")
+        what = "generated noise images"
+    else:
+        carried = unpack(args.archive, args.work / "carried")
+        what = f"real CIFAR-10 training JPEGs from {args.archive.name}"
+    counts = lay_out(carried, data, sizes.train_per_class, sizes.test_per_class)
+    tiled = counts["train_files"] > counts["distinct"]
+    line = (f"data: {counts['train_files']:,} training files ({counts['train_files'] - sizes.val_size:,} trained, "
+            f"{sizes.val_size:,} validated) from {counts['distinct']:,} {what}"
+            + (", tiled (hard links)" if tiled else ", each once")
+            + f"; test: {sizes.test_per_class} training images per class again (a stand-in)")
+    return data, line
+
+
+# ---- throughput ---------------------------------------------------------------------------
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class _SyncedStepTimer(_StepTimer):
+    """``training_throughput``'s timer, with the GPU drained where timing starts and stops."""
+
+    def __init__(self, warmup: int, last: int) -> None:
+        super().__init__(warmup)
+        self.last = last
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            _synchronize()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.last:
+            _synchronize()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+@contextlib.contextmanager
+def _compile_backend(smoke: bool) -> Iterator[None]:
+    """In the smoke run, ``torch.compile`` traces with dynamo but skips Inductor's C++ build (minutes on 2 cores)."""
+    if not smoke:
+        yield
+        return
+    original = torch.compile
+    torch.compile = lambda model, **kwargs: original(model, **{**kwargs, "backend": "eager"})
+    try:
+        yield
+    finally:
+        torch.compile = original
+
+
+def _model(setting: Setting, num_classes: int) -> L.LightningModule:
+    return MODELS[setting.model](num_classes=num_classes, channels_last=setting.channels_last, compile=setting.compile)
+
+
+def fit_images_per_second(setting: Setting, data: Path, sizes: Plan) -> float:
+    """Our ``fit`` (datamodule, on-device augmentation, Lightning loop), timed over ``sizes.steps`` steps."""
+    datamodule = CIFAR10DataModule(data_dir=data, batch_size=sizes.batch_size, val_size=sizes.val_size,
+                                   keep_on_device=setting.keep_on_device)
+    timer = _SyncedStepTimer(sizes.warmup, sizes.warmup + sizes.steps - 1)
+    trainer = L.Trainer(
+        accelerator=sizes.accelerator, devices=1, precision=setting.precision, max_steps=sizes.warmup + sizes.steps,
+        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(_model(setting, datamodule.num_classes), datamodule=datamodule)
+    if timer.images == 0:
+        raise RuntimeError(f"no timed steps: an epoch has fewer than {sizes.warmup + sizes.steps} batches")
+    return timer.images / (timer.end - timer.start)
+
+
+def bare_images_per_second(setting: Setting, num_classes: int, sizes: Plan) -> float:
+    """Forward+backward+Adam on random tensors already on the device: what ``fit`` could reach."""
+    device = torch.device(sizes.accelerator)
+    model = _model(setting, num_classes).to(device)
+    model.configure_model()  # channels_last and compile, as Lightning's fit applies them
+    images = torch.rand(sizes.batch_size, 3, 32, 32, device=device)
+    labels = torch.randint(0, num_classes, (sizes.batch_size,), device=device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.precision == "bf16-mixed"):
+            return model(x)
+
+    step = make_step(forward, torch.optim.Adam(model.parameters(), lr=1e-3))
+    for _ in range(sizes.warmup):
+        step((images, labels))
+    _synchronize()
+    start = time.perf_counter()
+    for _ in range(sizes.steps):
+        step((images, labels))
+    _synchronize()
+    return sizes.steps * sizes.batch_size / (time.perf_counter() - start)
+
+
+# ---- CLI runs -------------------------------------------------------------------------------
+
+
+def cli(work: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python cli.py ARGS`` in ``work`` (hpc checkpoints and stray files land there)."""
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": python_path, **(env or {})}, timeout=timeout)
+
+
+def _check_returncode(result: subprocess.CompletedProcess) -> None:
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"exit {result.returncode}: {' / '.join(lines[-3:])}")
+
+
+def _events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def expected_stages(config: Path, epochs: int) -> list[int]:
+    """The ProgressiveUnfreeze stage index of each epoch, read from the config."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    (unfreeze,) = [c for c in callbacks if c["class_path"].endswith("ProgressiveUnfreeze")]
+    starts = [stage["epoch"] for stage in unfreeze["init_args"]["stages"]]
+    return [max(i for i, start in enumerate(starts) if start <= epoch) for epoch in range(epochs)]
+
+
+def _stage_check(events, config: Path, epochs: int) -> str:
+    seen = [int(s.value) for s in events.Scalars("unfreeze/stage")]
+    wanted = expected_stages(config, epochs)
+    if seen != wanted:
+        raise RuntimeError(f"unfreeze stage by epoch {seen}, configured {wanted}")
+    return f"stages by epoch {','.join(map(str, seen))} as configured"
+
+
+def blank_pictures(events) -> tuple[int, list[str]]:
+    """How many pictures were logged, and the tags of those that are blank (one colour covers 98 %)."""
+    tags = events.Tags()["images"]
+    blank = []
+    count = 0
+    for tag in tags:
+        for event in events.Images(tag):
+            count += 1
+            pixels = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).reshape(-1, 3)
+            _, frequency = np.unique(pixels, axis=0, return_counts=True)
+            if frequency.max() > 0.98 * len(pixels):
+                blank.append(tag)
+    return count, blank
+
+
+def _common_flags(data: Path, work: Path, sizes: Plan, name: str) -> list[str]:
+    flags = ["--data.data_dir", str(data), "--data.download", "false", "--data.val_size", str(sizes.val_size),
+             "--model.pretrained", "false", "--trainer.precision", sizes.cli_precision,
+             "--trainer.enable_progress_bar", "false",
+             "--trainer.logger.init_args.save_dir", str(work / "lightning_logs"),
+             "--trainer.logger.init_args.name", name,
+             "--trainer.accelerator", sizes.accelerator, "--data.batch_size", str(sizes.batch_size)]
+    return flags
+
+
+def recipe_row(data: Path, work: Path, sizes: Plan) -> str:
+    """``configs/resnet_cbam.yaml`` as shipped (pretrained off, bf16-mixed): speed, stages, pictures."""
+    result = cli(work, "fit", "--config", str(RECIPE), *_common_flags(data, work, sizes, "recipe"),
+                 "--trainer.max_epochs", str(sizes.recipe_epochs), *sizes.recipe_flags)
+    _check_returncode(result)
+    events = _events(work / "lightning_logs" / "recipe" / "version_0")
+    seconds = [s.value for s in events.Scalars("time/epoch_seconds")]
+    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    count, blank = blank_pictures(events)
+    if count == 0 or blank:
+        raise RuntimeError(f"{count} pictures, blank: {sorted(set(blank))}")
+    val_acc = events.Scalars("val/acc")[-1].value
+    return (f"{len(seconds)} epochs: {steady:.1f} s/epoch after the first ({seconds[0]:.1f} s), 50 epochs about "
+            f"{(seconds[0] + 49 * steady) / 60:.1f} min; {_stage_check(events, RECIPE, len(seconds))}; "
+            f"{count} pictures, none blank; last val/acc {val_acc:.3f}")
+
+
+def squeezed_recipe(work: Path) -> tuple[Path, int]:
+    """The recipe with its three stages at epochs 0, 1, 2 and no picture callbacks: three DDP re-wraps quickly."""
+    config = yaml.safe_load(RECIPE.read_text())
+    callbacks = config["trainer"]["callbacks"]
+    (unfreeze,) = [c for c in callbacks if c["class_path"].endswith("ProgressiveUnfreeze")]
+    for epoch, stage in enumerate(unfreeze["init_args"]["stages"]):
+        stage["epoch"] = epoch
+    config["trainer"]["callbacks"] = [unfreeze]
+    path = work / "resnet_cbam_ddp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, len(unfreeze["init_args"]["stages"])
+
+
+def ddp_row(data: Path, work: Path, sizes: Plan) -> str:
+    config, epochs = squeezed_recipe(work)  # one epoch per stage
+    result = cli(work, "fit", "--config", str(config), *_common_flags(data, work, sizes, "ddp"),
+                 "--trainer.strategy", "ddp", "--trainer.devices", "1", "--trainer.max_epochs", str(epochs),
+                 *sizes.ddp_flags, env={"NCCL_DEBUG": "VERSION"})
+    _check_returncode(result)
+    backend = "NCCL " + m.group(1) if (m := re.search(r"NCCL version ([\w.+]+)", result.stdout + result.stderr)) else "gloo"
+    if sizes.accelerator == "cuda" and backend == "gloo":
+        raise RuntimeError("no 'NCCL version' line: the process group did not use NCCL")
+    events = _events(work / "lightning_logs" / "ddp" / "version_0")
+    return f"{backend}; {_stage_check(events, config, epochs)} (a re-wrap at each change)"
+
+
+def test_row(data: Path, work: Path, sizes: Plan) -> str:
+    result = cli(work, "test", "--config", str(work / "resnet_cbam_ddp.yaml"), *_common_flags(data, work, sizes, "ddp"),
+                 "--ckpt_path", "best")
+    _check_returncode(result)
+    found = re.search(r"test/acc\W+([0-9.]+)", result.stdout)
+    if found is None:
+        raise RuntimeError("no test/acc in the output")
+    return f"test/acc {float(found.group(1)):.3f} on the stand-in test split"
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+
+class Table:
+    """Rows of the one table; each row runs guarded, and the table so far is rewritten after each."""
+
+    def __init__(self, budget: float, out: Path | None) -> None:
+        self.rows: list[list[str]] = []
+        self.deadline = time.perf_counter() + budget
+        self.out = out
+        self.preamble: list[str] = []
+
+    def run(self, check: str, setting: str, measure: Callable[[], list[str]]) -> None:
+        """Append ``[check, setting, *measure()]``; an error or the time budget fills the row instead."""
+        if time.perf_counter() > self.deadline:
+            cells = ["", "", "", "skipped: over the time budget (--budget)"]
+        else:
+            start = time.perf_counter()
+            try:
+                cells = measure()
+            except Exception as error:  # one broken path must not hide the others
+                message = " ".join(str(error).split())[:300]
+                cells = ["", "", "", f"**error** {type(error).__name__}: {message}"]
+            finally:
+                gc.collect()
+                if torch.cuda.is_initialized():
+                    torch.cuda.empty_cache()
+            cells[-1] = f"{cells[-1]} ({time.perf_counter() - start:.0f} s)".strip()
+        row = [check, setting, *(c.replace("|", "/") for c in cells)]
+        self.rows.append(row)
+        print("| " + " | ".join(row) + " |", file=sys.stderr, flush=True)
+        self.write()
+
+    def write(self) -> None:
+        if self.out is None:
+            return
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            self.print()
+        self.out.write_text(buffer.getvalue())
+
+    def print(self) -> None:
+        print("\n".join(self.preamble))
+        print_table("GPU check", HEADER, self.rows)
+
+
+def throughput_rows(table: Table, data: Path, sizes: Plan, settings: list[Setting], num_classes: int,
+                    bare: dict[Setting, float]) -> None:
+    """A ``fit`` row per setting, after the bare-step row of its model, precision, layout and compile."""
+    for setting in settings:
+        key = Setting(setting.model, setting.precision, setting.channels_last, setting.compile)
+        if key not in bare:
+            bare[key] = float("nan")  # stays so if the bare step fails or is skipped
+
+            def measure_bare(key: Setting = key) -> list[str]:
+                bare[key] = bare_images_per_second(key, num_classes, sizes)
+                return ["", f"{bare[key]:,.0f}", "", ""]
+
+            table.run("bare step", str(key).rsplit(", keep_on_device", 1)[0], measure_bare)
+
+        def measure(setting: Setting = setting, ceiling: float = bare[key]) -> list[str]:
+            speed = fit_images_per_second(setting, data, sizes)
+            known = ceiling == ceiling and ceiling > 0
+            return [f"{speed:,.0f}", f"{ceiling:,.0f}" if known else "", f"{speed / ceiling:.0%}" if known else "", ""]
+
+        table.run("fit", str(setting), measure)
+
+
+def main(argv: list[str] | None = None) -> Table:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny generated images, every code path")
+    parser.add_argument("--archive", type=Path, default=PREPARED / "cifar10.tar.gz",
+                        help="the JPEG archive benchmarks/gpu_prepare.sh writes")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here (rewritten after each row)")
+    parser.add_argument("--budget", type=float, default=390.0,
+                        help="seconds; rows that would start later are skipped (390: set-up and the last row fit in 8 minutes)")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS),
+                        help="row groups to run (a rerun of some; 'test' reads the checkpoint of 'ddp')")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else GPU
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("no CUDA device.\nHINT: add --smoke to run the same paths on CPU.")
+    if not args.smoke and not args.archive.is_file():
+        parser.error(f"no {args.archive}.\nHINT: run `bash benchmarks/gpu_prepare.sh` first and carry .gpu_check.")
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    table = Table(args.budget, args.out)
+    start = time.perf_counter()
+    data, data_line = prepare_data(args, sizes)
+    num_classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
+    table.preamble = [f"{machine_line()}; lightning {L.__version__}; {time.strftime('%Y-%m-%d %H:%M %Z')}",
+                      f"{data_line}; laid out in {time.perf_counter() - start:.0f} s",
+                      f"batch {sizes.batch_size}; images/s over {sizes.steps} steps after {sizes.warmup} warm-up "
+                      "steps; 'bare step' is forward+backward+Adam on random tensors on the device"
+                      + ("; SMOKE RUN on CPU: compile uses the eager backend, numbers mean nothing" if args.smoke else "")]
+    print("\n".join(table.preamble), file=sys.stderr)
+
+    grid = [Setting(model, precision, channels_last, False, keep) for model in MODELS
+            for precision in PRECISIONS for channels_last in (False, True) for keep in (False, True)]
+    compiled = [Setting(model, precision, True, True, True)
+                for model in ("resnet_cbam", "cnn") for precision in ("bf16-mixed", "32-true")]
+    if args.smoke:  # every switch once, on the CNN; the recipe, DDP and test rows train the ResNet
+        grid = [Setting("cnn", "32-true", False, False, False), Setting("cnn", "bf16-mixed", True, False, True)]
+        compiled = [Setting("cnn", "bf16-mixed", True, True, True)]
+    bare: dict[Setting, float] = {}
+    with _compile_backend(args.smoke):
+        if "throughput" in args.checks:
+            throughput_rows(table, data, sizes, grid, num_classes, bare)
+        if "recipe" in args.checks:
+            table.run("recipe", f"configs/resnet_cbam.yaml, pretrained false, {sizes.cli_precision}",
+                      lambda: ["", "", "", recipe_row(data, args.work, sizes)])
+        if "ddp" in args.checks:
+            table.run("DDP", f"stages at epochs 0/1/2, ddp, devices 1, {sizes.cli_precision}",
+                      lambda: ["", "", "", ddp_row(data, args.work, sizes)])
+        if "test" in args.checks:
+            table.run("test", "test --ckpt_path best of the DDP run",
+                      lambda: ["", "", "", test_row(data, args.work, sizes)])
+        if "compile" in args.checks:
+            throughput_rows(table, data, sizes, compiled, num_classes, bare)
+    table.preamble.append(f"total {time.perf_counter() - start:.0f} s")
+    table.print()
+    table.write()
+    return table
+
+
+if __name__ == "__main__":
+    main()

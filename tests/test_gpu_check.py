@@ -1,0 +1,71 @@
+"""The GPU check's smoke mode: every row of benchmarks/gpu_check.py runs on CPU, so the script cannot rot between GPU loans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import gpu_check
+from tests.conftest import REPO
+
+
+def test_smoke_run_fills_every_row_without_an_error(tmp_path):
+    out = tmp_path / "table.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--work", str(tmp_path / "work"),
+                             "--out", str(out), "--budget", "600"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    assert out.read_text().strip() == table.strip()  # the file is the printed table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    assert len(rows) == 9
+    assert not [row for row in rows if "error" in row or "skipped" in row]
+    by_check = {}
+    for row in rows:
+        by_check.setdefault(row.split(" | ")[0].strip("| "), []).append(row)
+    assert len(by_check["fit"]) == 3 and len(by_check["bare step"]) == 3  # one row per switch, compile included
+    assert all(row.split(" | ")[4].endswith("%") for row in by_check["fit"])  # fit as a share of the bare step
+    assert [row for row in by_check["fit"] if "compile on" in row and "keep_on_device on" in row]
+    (recipe,) = by_check["recipe"]
+    assert "2 epochs" in recipe and "stages by epoch 0,0 as configured" in recipe and "none blank" in recipe
+    (ddp,) = by_check["DDP"]
+    assert "stages by epoch 0,1,2 as configured" in ddp
+    (test,) = by_check["test"]
+    assert "test/acc" in test
+    assert "36 training files (30 trained, 6 validated) from 12 generated noise images, tiled" in table
+
+
+def test_a_failing_row_prints_its_error_and_the_next_row_runs(tmp_path):
+    table = gpu_check.Table(budget=60, out=tmp_path / "table.md")
+
+    def broken() -> list[str]:
+        raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+
+    table.run("fit", "broken", broken)
+    table.run("fit", "fine", lambda: ["1", "2", "50%", ""])
+    assert "**error** RuntimeError: CUDA error: an illegal memory access was encountered" in table.rows[0][-1]
+    assert table.rows[1][2:5] == ["1", "2", "50%"]
+    assert "broken" in (tmp_path / "table.md").read_text()
+
+
+def test_rows_past_the_budget_are_skipped_not_run(tmp_path):
+    table = gpu_check.Table(budget=0, out=None)
+    ran = []
+    table.run("fit", "late", lambda: ran.append(1) or ["", "", "", ""])
+    assert ran == [] and "skipped" in table.rows[0][-1]
+
+
+def test_lay_out_tiles_the_carried_images_with_links(tmp_path):
+    carried = gpu_check.write_generated_images(tmp_path / "carried", classes=2, per_class=3)
+    counts = gpu_check.lay_out(carried, tmp_path / "data", train_per_class=7, test_per_class=2)
+    assert counts == {"distinct": 6, "train_files": 14}
+    files = sorted((tmp_path / "data" / "train" / "class1").iterdir())
+    assert len(files) == 7 and files[0].read_bytes() == files[3].read_bytes() == files[6].read_bytes()
+    assert [p.name for p in sorted((tmp_path / "data" / "test" / "class0").iterdir())] == ["00_0000.png", "00_0001.png"]
+
+
+def test_expected_stages_follow_the_shipped_schedule():
+    assert gpu_check.expected_stages(REPO / "configs" / "resnet_cbam.yaml", 22) == [0] * 5 + [1] * 15 + [2] * 2
