@@ -1,7 +1,7 @@
 """The training-time pictures for a saved checkpoint and your own images, as PNG files.
 
     python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
-        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3]
+        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8]
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
 plain values only, so a file someone sent you cannot run code when explained.
@@ -13,11 +13,13 @@ Without ``--images`` the probe set stored in the checkpoint by
 ``InterpretabilityDumps`` is explained, i.e. the images TensorBoard showed.
 ``--images`` takes a folder of PNG/JPEG files; files inside a sub-folder named
 after a class get that class as their true label, loose files none. Images of
-another size are resized to the model's input size.
+another size are resized to the model's input size. ``--mistakes N`` adds
+``mistakes.png``: the N labelled images the model got wrong most confidently,
+each with Grad-CAM of the last layer for the predicted and for the true class.
 
 The model class, the layers and the class names come from the run itself: the
-``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the state the
-callback stored in the checkpoint. ``--model-class`` and ``--layers`` override
+``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the class
+names and probes stored in the checkpoint. ``--model-class`` and ``--layers`` override
 them for checkpoints from elsewhere. The pictures are those of
 ``visualization.pictures.render_pictures``, the function the callback calls.
 """
@@ -36,13 +38,12 @@ from typing import Any
 import torch
 import yaml
 from PIL import Image
-from torch.nn import functional as F
-from torchvision.io import ImageReadMode, decode_image
 
-from datamodules.image_folder import IMAGE_SUFFIXES
+from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
 from user_input import UserInputError
-from visualization.pictures import render_pictures
+from visualization.attributions import attribution_mode, prepare_inputs
+from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
 PAGE_SIZE = 10
@@ -130,27 +131,6 @@ def stored_probes(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def read_images(
-    folder: Path, classes: Sequence[str], shape: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image files under ``folder`` as ``[N, C, H, W]`` uint8 at the model's size, with labels (-1: unknown)."""
-    channels, height, width = shape
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ExplainError(f"No PNG or JPEG files under {folder}.\nHINT: point --images at a folder of images.")
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-    images, labels = [], []
-    for path in files:
-        image = decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), mode=mode)
-        if tuple(image.shape[-2:]) != (height, width):
-            resized = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", antialias=True)
-            image = resized[0].round().clamp(0, 255).to(torch.uint8)
-        images.append(image)
-        parent = path.parent.name if path.parent != folder else None
-        labels.append(classes.index(parent) if parent in classes else -1)
-    return torch.stack(images), torch.tensor(labels)
-
-
 def explain(
     ckpt: Path,
     out: Path,
@@ -159,10 +139,14 @@ def explain(
     class_name: str | None = None,
     device: str = "cpu",
     trust: bool = False,
+    mistakes: int = 0,
 ) -> list[Path]:
     """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files.
 
     ``trust`` allows a checkpoint that pickles arbitrary objects (see ``read_checkpoint``).
+    ``mistakes`` > 0 also writes ``mistakes.png``: that many of the labelled
+    images the model got wrong most confidently, with Grad-CAM of the last
+    layer for the predicted and the true class (the ``mistakes/*`` picture of training).
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
     layers = list(layers or configured_layers(run_config(ckpt)) or [])
@@ -172,9 +156,10 @@ def explain(
             "HINT: pass --layers, e.g. --layers conv1 conv2 conv3 (CNN) or layer1 layer2 layer3 layer4 (ResNet)."
         )
     probes = stored_probes(checkpoint)
-    classes = list(probes.get("classes") or [str(c) for c in range(model.num_classes)])
+    classes = list(checkpoint.get("classes") or probes.get("classes") or [str(c) for c in range(model.num_classes)])
     if images is not None:
-        pixels, labels = read_images(images, classes, model.input_shape)
+        found = read_loose_images(images, model.input_shape, classes)
+        pixels, labels = found.images, found.labels
     elif probes:
         pixels, labels = probes["probe_images"], probes["probe_labels"]
     else:
@@ -196,7 +181,32 @@ def explain(
             path = out / f"{tag.replace('/', '_')}{suffix}.png"
             Image.fromarray(picture).save(path)
             written.append(path)
+    if mistakes > 0:
+        written += write_mistakes(model, pixels, labels, classes, layers[-1], mistakes, out)
     return written
+
+
+def write_mistakes(
+    model: ImageClassifier, pixels: torch.Tensor, labels: torch.Tensor, classes: list[str], layer: str, count: int,
+    out: Path,
+) -> list[Path]:
+    """``out/mistakes.png`` for the ``count`` surest wrong predictions among labelled images; [] if none is wrong."""
+    if not (labels >= 0).any():
+        raise ExplainError(
+            "--mistakes needs images with known classes, and none of these has one.\n"
+            "HINT: put the images in sub-folders named after their classes, e.g. my_images/cat/1.png."
+        )
+    x = pixels.float().div(255)
+    with attribution_mode(model), torch.no_grad():  # eval mode, and the model left as it was
+        confidences, preds = torch.cat([model(prepare_inputs(chunk, model)).softmax(dim=1).cpu()
+                                        for chunk in x.split(PAGE_SIZE * 10)]).max(dim=1)
+    chosen = most_confident_mistakes(confidences, preds, labels, count)
+    if not len(chosen):
+        print("No mistakes among the labelled images: no mistakes.png.", file=sys.stderr)
+        return []
+    path = out / "mistakes.png"
+    Image.fromarray(render_mistakes(model, x[chosen], labels[chosen], classes, layer, layer_root=model.net)).save(path)
+    return [path]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="load a checkpoint that pickles more than tensors and plain values (this runs code from the file)",
     )
+    parser.add_argument(
+        "--mistakes", type=int, default=0, metavar="N",
+        help="also write mistakes.png: the N labelled images the model got wrong most confidently, with Grad-CAM",
+    )
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
         parser.error(
@@ -221,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--images {args.images} is not a folder.")
     try:
         written = explain(
-            args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint
+            args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint,
+            args.mistakes,
         )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))

@@ -43,6 +43,7 @@ def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[t
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, torch.Tensor):  # our in-memory sets: no need to read every item
         picked = [i for c in range(num_classes) for i in (labels == c).nonzero()[:per_class, 0].tolist()]
+        picked = picked or (labels < 0).nonzero()[: num_classes * per_class, 0].tolist()  # unlabelled images
     else:
         by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
         unlabeled: list[int] = []

@@ -27,11 +27,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
-from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder
+from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder, read_loose_images
 from datamodules.sampling import EvalShardSampler, ResumableLoader, ResumableShuffleSampler, loader_generator
 from lightning_private import batches_trained_this_epoch
 
-__all__ = ["ImageDataModule", "InMemoryImages"]
+__all__ = ["ImageDataModule", "InMemoryImages", "IndexedImages"]
 
 
 class InMemoryImages(Dataset):
@@ -52,6 +52,22 @@ class InMemoryImages(Dataset):
         # instead of batch_size __getitem__ calls and a stack.
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class IndexedImages(InMemoryImages):
+    """``InMemoryImages`` whose batches also carry each image's index in the set.
+
+    For prediction: under DDP each rank sees a strided shard, and the index
+    travelling with every prediction is what lets the ranks' rows be merged
+    into one file and checked for gaps and repeats.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index], torch.tensor(index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index], index
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +115,10 @@ class ImageDataModule(L.LightningDataModule):
         keep_on_device: On a GPU, move the whole uint8 dataset to device memory
             when it fits (CIFAR-10 train is 150 MB), so batches are gathered
             there and nothing crosses the bus. Forces ``num_workers=0``.
+        predict_dir: A folder of the user's own PNG/JPEG images (any size,
+            resized to the training images') for ``predict``; files in a
+            sub-folder named after a class are labelled with it. Default: the
+            test split.
     """
 
     torchvision_dataset: ClassVar[Any]
@@ -123,6 +143,7 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         skip_broken: bool = False,
         keep_on_device: bool = False,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -152,6 +173,12 @@ class ImageDataModule(L.LightningDataModule):
                 )
         if any(s <= 0 for s in self.std):
             raise DataError(f"std={list(self.std)} must be positive.\nHINT: fix --data.std.")
+        self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
+        if self.predict_dir is not None and not self.predict_dir.is_dir():
+            raise DataError(
+                f"predict_dir '{self.predict_dir}' is not a folder.\n"
+                "HINT: point --data.predict_dir at a folder of .png/.jpg images, or leave it out to predict the test split."
+            )
         self.augmenter = BatchAugment() if augment else None
         self.permute_pixels = permute_pixels
         self.permutation_seed = permutation_seed
@@ -161,6 +188,8 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: InMemoryImages | None = None
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
+        self.predict_set: IndexedImages | None = None
+        self.predict_paths: list[str] = []  # file of each predicted image, relative to its folder, when known
         self._permutation: torch.Tensor | None = None
         self._shuffle_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
@@ -262,10 +291,19 @@ class ImageDataModule(L.LightningDataModule):
             self.train_set = InMemoryImages(full.images[train_index], full.labels[train_index])
             self.val_set = InMemoryImages(full.images[val_index], full.labels[val_index])
             self._image_size = tuple(full.images.shape[-2:])
-        if stage in ("test", "predict") and self.test_set is None:
+        if stage == "test" and self.test_set is None:
             test = self._load_split("test")
             self.test_set = InMemoryImages(test.images, test.labels)
             self._image_size = tuple(test.images.shape[-2:])
+        if stage == "predict" and self.predict_set is None:
+            if self.predict_dir is None:
+                found = self._load_split("test")
+                self._image_size = tuple(found.images.shape[-2:])
+                self.predict_paths = [f"test/{path}" for path in found.paths]
+            else:
+                found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
+                self.predict_paths = found.paths
+            self.predict_set = IndexedImages(found.images, found.labels)
         if self.keep_on_device:
             self._move_to_device()
 
@@ -273,7 +311,7 @@ class ImageDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type != "cuda":
             return
-        sets = [s for s in (self.train_set, self.val_set, self.test_set) if s is not None]
+        sets = [s for s in (self.train_set, self.val_set, self.test_set, self.predict_set) if s is not None]
         needed = sum(s.images.nbytes + s.labels.nbytes for s in sets)
         free, _ = torch.cuda.mem_get_info(device)
         if needed > free // 2:  # leave room for the model and activations
@@ -342,7 +380,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.predict_set, shuffle=False)
 
     def permutation(self, num_pixels: int) -> torch.Tensor:
         """The fixed pixel permutation: seeded, so every split and every process agrees."""
@@ -352,14 +390,14 @@ class ImageDataModule(L.LightningDataModule):
         return self._permutation
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
         if self.augmenter is not None and self.trainer is not None and self.trainer.training:
             images = self.augmenter(images)
         if self.permute_pixels:
             flat = images.flatten(2)
             images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
-        return images, labels
+        return images, labels, *index
 
 
 def _remove_new_files(folder: Path, existing: set[Path]) -> None:

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 from torchvision.io import ImageReadMode, decode_image
 
 from user_input import UserInputError
 
-__all__ = ["DataError", "ImageSet", "IMAGE_SUFFIXES", "find_classes", "load_image_folder"]
+__all__ = ["DataError", "ImageSet", "IMAGE_SUFFIXES", "find_classes", "load_image_folder", "read_loose_images"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 CACHE_FORMAT = 1  # bump when the cached layout changes
@@ -210,3 +211,51 @@ def _write_cache(cache: Path, images: ImageSet) -> None:
                 stale.unlink(missing_ok=True)
     except OSError as error:
         warnings.warn(f"Could not write the image cache {cache} ({error}); the next run decodes again.", stacklevel=3)
+
+
+def read_loose_images(folder: Path, shape: tuple[int, int, int], classes: list[str] | None = None) -> ImageSet:
+    """Every PNG/JPEG under ``folder`` (any depth, any size), resized to ``shape``, for a trained model.
+
+    For images a user brings (``predict --data.predict_dir``, ``explain.py
+    --images``): sizes differ, so each image is resized on its own
+    (bilinear with antialiasing, what ``interpolate`` offers for shrinking),
+    and nothing is cached. A file in a sub-folder named after one of
+    ``classes`` gets that class as its label, any other file ``-1`` (unknown).
+    Unreadable files are left out with one warning naming them all, so one bad
+    file does not cost the rest.
+
+    Args:
+        folder: The folder to read.
+        shape: ``(channels, height, width)`` the model takes; 1 channel reads greyscale.
+        classes: Class names, to label files in class-named sub-folders.
+
+    Returns:
+        An ``ImageSet``; ``paths`` are relative to ``folder``, in sorted order.
+
+    Raises:
+        DataError: ``folder`` is missing, holds no PNG/JPEG file, or none of them can be read.
+    """
+    folder = Path(folder)
+    channels, height, width = shape
+    if not folder.is_dir():
+        raise DataError(f"'{folder}' is not a folder.\nHINT: give a folder of .png/.jpg images.")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"No .png or .jpg images under '{folder}'.\nHINT: give a folder of .png/.jpg images.")
+    relative = [(path, path.relative_to(folder).as_posix()) for path in files]
+    decoded, kept = _decode_all(relative, channels, skip_broken=True)
+    if not decoded:
+        raise DataError(f"None of the {len(files)} images under '{folder}' can be read.\nHINT: check the files there.")
+    images = [_resize(image, (height, width)) for image in decoded]
+    label_of = {name: index for index, name in enumerate(classes or [])}
+    labels = [label_of.get(files[i].parent.name, -1) if files[i].parent != folder else -1 for i in kept]
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes or []),
+                    [relative[i][1] for i in kept])
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A uint8 ``[C, H, W]`` image at ``size``, bilinear with antialiasing (no-op at that size already)."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)

@@ -3,6 +3,8 @@
 Subclasses only build ``self.net``, a plain ``nn.Module`` mapping normalised
 images to logits. The base normalises [0, 1] images itself, with statistics
 linked from the datamodule, so a checkpoint classifies raw images on its own.
+Checkpoints also keep the class names of the data they were trained on, so a
+checkpoint used on other data is refused by name rather than by a size error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from user_input import UserInputError
 
@@ -33,7 +35,12 @@ class ImageClassifier(L.LightningModule):
     """Cross-entropy classifier over ``self.net`` with torchmetrics accuracy.
 
     Logs ``train/loss`` every step, ``train/loss_epoch`` and ``train/acc`` every
-    epoch, and ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+    epoch, and ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``. Each
+    validation and test epoch also logs the accuracy of every class that has
+    images, ``val/acc_per_class/<class>`` and ``test/acc_per_class/<class>``
+    (class names from the datamodule), and keeps that epoch's confusion matrix
+    (rows: true class, columns: predicted) in ``confusion_matrices[stage]``
+    for callbacks to draw. Both are torchmetrics states, summed over DDP ranks.
 
     Args:
         num_classes: Number of classes (linked from the datamodule).
@@ -80,6 +87,13 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Per class and confusion: a few bincounts per batch and a C x C all-reduce per epoch.
+        self.val_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # The latest epoch's matrix per stage ("val", "test"), CPU int64, for ConfusionMatrixPlot.
+        self.confusion_matrices: dict[str, torch.Tensor] = {}
         self.train_loss = MeanMetric()
         self.channels_last = channels_last
         self.compile_net = compile
@@ -108,9 +122,13 @@ class ImageClassifier(L.LightningModule):
         return net(images)
 
     def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels = batch
+        loss, logits, labels = self._logits_step(batch)
+        return loss, logits.argmax(dim=1), labels
+
+    def _logits_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch[0], batch[1]
         logits = self(images)
-        return F.cross_entropy(logits, labels), logits.argmax(dim=1), labels
+        return F.cross_entropy(logits, labels), logits, labels
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
@@ -121,21 +139,78 @@ class ImageClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, labels = self.model_step(batch)
-        self.val_acc(preds, labels)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(labels))
-        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluation_step("val", batch)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, preds, labels = self.model_step(batch)
-        self.test_acc(preds, labels)
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        self.log("test/acc", self.test_acc, on_epoch=True)
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluation_step("test", batch)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=1)
+    def _evaluation_step(self, stage: str, batch: Any) -> dict[str, torch.Tensor]:
+        """Loss, accuracy and the per-class states; returns the probabilities for callbacks (mistake gallery)."""
+        loss, logits, labels = self._logits_step(batch)
+        preds = logits.argmax(dim=1)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(preds, labels)
+        getattr(self, f"{stage}_class_acc").update(preds, labels)
+        getattr(self, f"{stage}_confusion").update(preds, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
+        return {"probs": logits.detach().softmax(dim=1), "labels": labels}
+
+    def on_validation_epoch_end(self) -> None:
+        self._per_class_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._per_class_epoch_end("test")
+
+    def _per_class_epoch_end(self, stage: str) -> None:
+        """Log ``<stage>/acc_per_class/<class>`` for classes with images, keep the confusion matrix, reset."""
+        class_acc, confusion = getattr(self, f"{stage}_class_acc"), getattr(self, f"{stage}_confusion")
+        matrix = confusion.compute()  # collective under DDP: every rank gets here
+        accuracies = class_acc.compute()
+        names = self.class_names()
+        counts = matrix.sum(dim=1)
+        # Classes without images have no accuracy to log (torchmetrics would report 0).
+        self.log_dict(
+            {f"{stage}/acc_per_class/{names[c]}": accuracies[c] for c in range(len(names)) if counts[c] > 0},
+            on_epoch=True,
+            sync_dist=True,  # identical on every rank; said so Lightning does not warn under DDP
+        )
+        self.confusion_matrices[stage] = matrix.detach().cpu()
+        class_acc.reset()
+        confusion.reset()
+
+    def class_names(self) -> list[str]:
+        """Class names from the datamodule, else the class indices as text."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        classes = getattr(datamodule, "classes", None)
+        return list(classes) if classes else [str(c) for c in range(self.num_classes)]
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities, with the true labels (-1: unknown) and dataset indices when the batch has them."""
+        images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
+        output = {"probs": self(images).softmax(dim=1)}
+        output.update(zip(("labels", "index"), rest))
+        return output
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["classes"] = self.class_names()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other classes before its weights fail to fit (or silently fit)."""
+        if self._trainer is None:
+            return  # load_from_checkpoint: no data to compare with
+        ours = self.class_names()
+        saved = checkpoint.get("classes")
+        if saved is None:  # written before class names were kept: compare the counts
+            count = checkpoint.get("hyper_parameters", {}).get("num_classes", len(ours))
+            saved = ours if count == len(ours) else [f"{count} classes"]
+        if list(saved) != ours:
+            raise UserInputError(
+                f"The checkpoint was trained on {list(saved)}, the data have the classes {ours}.\n"
+                "HINT: use a checkpoint of a run on this data (same class folders), or point --data.data_dir "
+                "at the data it was trained on."
+            )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; subclasses split them for discriminative learning rates."""

@@ -46,10 +46,11 @@ def hand_evaluation(model: torch.nn.Module, data: Path, classes: list[str], perm
 
 
 def picture_callbacks(config: Path) -> dict[str, dict]:
-    """``{callback class name: init_args}`` of the config's LossPlots and InterpretabilityDumps."""
+    """``{callback class name: init_args}`` of the config's picture callbacks."""
     callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
     found = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in callbacks}
-    return {name: args for name, args in found.items() if name in ("LossPlots", "InterpretabilityDumps")}
+    drawing = ("LossPlots", "InterpretabilityDumps", "ConfusionMatrixPlot", "MistakeGallery")
+    return {name: args for name, args in found.items() if name in drawing}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -69,6 +70,7 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
     permutation_seed = fit.datamodule.permutation_seed if fit.datamodule.permute_pixels else None
     accuracy, loss = hand_evaluation(model, tiny_data, fit.datamodule.classes, permutation_seed)
     assert float(test.trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    assert {f"test/acc_per_class/{name}" for name in fit.datamodule.classes} <= set(test.trainer.callback_metrics)
     assert float(test.trainer.callback_metrics["test/loss"]) == pytest.approx(loss, rel=1e-4)
 
     pictures = picture_callbacks(config)
@@ -81,6 +83,11 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
         assert all([step for step, _ in drawn[tag]] == [fit.trainer.global_step] for tag in tags)
         written = Path(test.trainer.log_dir) / "pictures/test"
         assert all((written / f"{tag.replace('/', '_')}.png").is_file() for tag in tags)
+    if "ConfusionMatrixPlot" in pictures:
+        assert [step for step, _ in drawn["confusion_matrix/val"]] == [fit.trainer.global_step]
+        assert (Path(test.trainer.log_dir) / "pictures/test/confusion_matrix_test.png").is_file()
+    if "MistakeGallery" in pictures and accuracy < 1:
+        assert (Path(test.trainer.log_dir) / "pictures/test/mistakes_test.png").is_file()
     if not pictures:
         assert not drawn
 

@@ -14,6 +14,7 @@ from torch import nn
 
 import explain
 from callbacks import InterpretabilityDumps, interpretability
+from datamodules.image_folder import read_loose_images
 from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO
@@ -278,8 +279,8 @@ def test_explain_writes_the_pictures_of_a_checkpoint(fitted, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)  # resized to 32x32
     Image.fromarray(pixels).save(own / "cat/a.png")
     Image.fromarray(pixels).save(own / "loose.jpg")
-    images, labels = explain.read_images(own, ["bird", "cat", "ship"], (3, 32, 32))
-    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [1, -1]
+    found = read_loose_images(own, (3, 32, 32), ["bird", "cat", "ship"])
+    assert found.images.shape == (2, 3, 32, 32) and found.labels.tolist() == [1, -1]
     assert explain.main([*base, "--images", str(own), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out/gradcam_all_layers.png").is_file()
 

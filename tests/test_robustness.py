@@ -260,3 +260,9 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--ckpt_path",
                      runs[0] / "checkpoints" / "last.ckpt")
     assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
+    # Per-class accuracy is summed over the ranks too (report.py reads these tags).
+    assert int(single.model.confusion_matrices["val"].sum()) == 13
+    per_class = [tag for tag in single.trainer.callback_metrics if tag.startswith("val/acc_per_class/")]
+    assert per_class
+    for tag in per_class:
+        assert events.Scalars(tag)[-1].value == pytest.approx(float(single.trainer.callback_metrics[tag]), abs=1e-6)

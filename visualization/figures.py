@@ -34,10 +34,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+from torchmetrics.utilities.plot import plot_confusion_matrix
 
 __all__ = [
     "GRID_PAD",
     "channel_gates_figure",
+    "confusion_matrix_figure",
     "epoch_curves_figure",
     "feature_maps_grid",
     "figure_to_image",
@@ -46,6 +48,7 @@ __all__ = [
     "image_grid",
     "layer_gradcam_grid",
     "loss_curve_figure",
+    "mistakes_grid",
     "spatial_gates_grid",
     "top_channels_grid",
 ]
@@ -515,6 +518,72 @@ def channel_gates_figure(channel_weights: Mapping[str, Tensor]) -> Figure:
 
 
 # --- helpers -----------------------------------------------------------------
+
+
+def confusion_matrix_figure(matrix: Tensor, classes: Sequence[str], title: str = "") -> Figure:
+    """Counts of (true, predicted) class pairs, drawn by torchmetrics, with each class's accuracy.
+
+    Args:
+        matrix: ``[C, C]`` counts, rows the true class, columns the predicted
+            one (``MulticlassConfusionMatrix``'s layout).
+        classes: Class names, indexed by class.
+        title: Figure title, e.g. the stage and epoch.
+
+    Returns:
+        A figure (outside pyplot): the matrix with a count in every cell, the
+        true-class labels carrying that class's accuracy (``cat 83%``; ``-``
+        for a class without images).
+    """
+    matrix = matrix.detach().cpu().long()
+    side = 2.5 + 0.55 * len(classes)  # inches: about 55 px per cell at 100 dpi, room for the labels
+    fig = _new_figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    plot_confusion_matrix(matrix, ax=ax, add_text=True, labels=list(classes))
+    totals = matrix.sum(dim=1)
+    ax.set_yticklabels(
+        [f"{name} {100 * matrix[c, c].item() / totals[c].item():.0f}%" if totals[c] else f"{name} -"
+         for c, name in enumerate(classes)],
+        fontsize=10,
+    )
+    accuracy = matrix.diagonal().sum().item() / max(matrix.sum().item(), 1)
+    summary = f"accuracy {100 * accuracy:.1f}% of {matrix.sum().item()} images"
+    ax.set_title(f"{title}: {summary}" if title else summary, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_grid(
+    images: Tensor,
+    cams_pred: Tensor,
+    cams_true: Tensor,
+    labels: Sequence[int] | Tensor,
+    preds: Sequence[int] | Tensor,
+    confidences: Sequence[float] | Tensor,
+    classes: Sequence[str],
+) -> np.ndarray:
+    """Wrong predictions, one a row: the image, Grad-CAM for the predicted class, Grad-CAM for the true one.
+
+    Args:
+        images: ``[N, 3, H, W]`` in ``[0, 1]``.
+        cams_pred: ``[N, H, W]`` Grad-CAM for each predicted class.
+        cams_true: ``[N, H, W]`` Grad-CAM for each true class.
+        labels: True class per image.
+        preds: Predicted class per image.
+        confidences: Probability the model gave its prediction.
+        classes: Class names, indexed by class.
+
+    Returns:
+        ``uint8 [H, W, 3]``, ``N`` rows of 3 cells.
+    """
+    cells, captions = [], []
+    for i in range(images.shape[0]):
+        true, pred = classes[int(labels[i])], classes[int(preds[i])]
+        cells.append([_image_hwc(images[i]), heatmap_overlay(images[i], cams_pred[i]), heatmap_overlay(images[i], cams_true[i])])
+        captions.append([
+            f"true: {true}\npred: {pred} {100 * float(confidences[i]):.0f}%",
+            f"Grad-CAM for\npredicted {pred}", f"Grad-CAM for\ntrue {true}",
+        ])
+    return image_grid(cells, captions)
 
 
 def _new_figure(width: float, height: float) -> Figure:

@@ -33,11 +33,12 @@ from visualization.figures import (
     figure_to_image,
     gradcam_grid,
     layer_gradcam_grid,
+    mistakes_grid,
     spatial_gates_grid,
     top_channels_grid,
 )
 
-__all__ = ["INPUT_METHODS", "attention_gates", "picture_tags", "render_pictures"]
+__all__ = ["INPUT_METHODS", "attention_gates", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures"]
 
 # Input-resolution methods drawn beside the Grad-CAM columns, in this order.
 INPUT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
@@ -172,6 +173,57 @@ def render_pictures(
     if spatial:
         pictures["attention/spatial"] = spatial_gates_grid(shown, spatial, labels, preds, classes)
     return pictures
+
+
+def most_confident_mistakes(confidences: Tensor, preds: Tensor, labels: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` wrong predictions the model was surest of, surest first.
+
+    Images without a label (``-1``) are never mistakes. Ties keep index order.
+
+    Args:
+        confidences: ``[N]`` probability of each prediction (``probs.max(dim=1)``).
+        preds: ``[N]`` predicted classes.
+        labels: ``[N]`` true classes.
+        count: How many to return at most.
+
+    Returns:
+        int64 ``[min(count, number of mistakes)]``.
+    """
+    wrong = ((preds != labels) & (labels >= 0)).nonzero()[:, 0]
+    order = confidences[wrong].argsort(descending=True, stable=True)
+    return wrong[order[:count]]
+
+
+def render_mistakes(
+    model: nn.Module,
+    images: Tensor,
+    labels: Sequence[int] | Tensor,
+    classes: Sequence[str],
+    layer: str,
+    layer_root: nn.Module | None = None,
+) -> np.ndarray:
+    """The mistake gallery: each image with Grad-CAM of ``layer`` for its predicted and its true class.
+
+    Args:
+        model: Classifier taking images in ``[0, 1]`` (left as found).
+        images: ``[N, C, H, W]`` in ``[0, 1]``, e.g. those :func:`most_confident_mistakes` chose.
+        labels: True class per image.
+        classes: Class names.
+        layer: Layer name in ``layer_root``, e.g. ``conv3``.
+        layer_root: Where ``layer`` is resolved (``model.net`` for our classifiers); default ``model``.
+
+    Returns:
+        ``uint8 [H, W, 3]``, a row per image (see ``figures.mistakes_grid``).
+    """
+    named = resolve_layers(model if layer_root is None else layer_root, [layer])
+    x = _model_input(model, images)
+    labels = torch.as_tensor(labels).long().cpu()
+    with attribution_mode(model), torch.no_grad():
+        confidences, preds = model(prepare_inputs(x, model)).softmax(dim=1).max(dim=1)
+    for_pred = gradcam(model, x, preds, named)[layer]
+    for_true = gradcam(model, x, labels, named)[layer]
+    shown = x.detach().float().cpu()
+    return mistakes_grid(shown, for_pred, for_true, labels, preds.cpu(), confidences.cpu(), classes)
 
 
 def _model_input(model: nn.Module, images: Tensor) -> Tensor:

@@ -1,0 +1,195 @@
+"""``predict`` results as one CSV in the run's folder, also under DDP.
+
+Lightning's ``BasePredictionWriter`` calls :meth:`PredictionWriter.write_on_batch_end`
+after every predict batch; each rank appends its rows to a part file of its
+own, so memory stays flat however many images there are. At the end rank zero
+merges the parts by dataset index into ``predictions.csv``, checks that every
+image is there exactly once, and removes the parts. Rows carry the index the
+datamodule put into the batch (``IndexedImages``), or else the sampler indices
+Lightning recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
+
+__all__ = ["PredictionWriter", "prediction_rows"]
+
+
+def prediction_rows(
+    probs: torch.Tensor,
+    indices: list[int],
+    labels: list[int] | None,
+    classes: list[str],
+    paths: list[str],
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """One CSV row per image: index, file, true class, predicted class and probability, the runners-up.
+
+    Args:
+        probs: ``[N, C]`` class probabilities.
+        indices: Dataset index of each row.
+        labels: True class per row, ``-1`` (or ``None`` for all) when unknown: left empty.
+        classes: Class names.
+        paths: File of each dataset index (empty when the data have no files, e.g. torchvision's).
+        top_k: Classes listed per image, the predicted one first.
+
+    Returns:
+        Dicts keyed by :meth:`PredictionWriter.columns`; probabilities with 6 decimals.
+    """
+    values, ranked = probs.float().cpu().topk(min(top_k, probs.shape[1]), dim=1)
+    rows = []
+    for i, index in enumerate(indices):
+        label = -1 if labels is None else int(labels[i])
+        row = {
+            "index": index,
+            "file": paths[index] if index < len(paths) else "",
+            "true": classes[label] if label >= 0 else "",
+        }
+        for rank, (p, c) in enumerate(zip(values[i].tolist(), ranked[i].tolist()), start=1):
+            row[f"top{rank}"] = classes[c]
+            row[f"top{rank}_probability"] = f"{p:.6f}"
+        rows.append(row)
+    return rows
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``<log dir>/predictions.csv``: one row per predicted image, in dataset order.
+
+    Columns: ``index`` (in the predicted set), ``file`` (relative to
+    ``--data.predict_dir``, or ``test/<class>/<name>`` for an image-folder test
+    split; empty for torchvision data), ``true`` (empty when unknown),
+    ``top1`` (the prediction) and ``top1_probability``, then ``top2``,
+    ``top3`` with theirs.
+
+    Args:
+        filename: Name of the file in the run's log dir (``trainer.log_dir``).
+        output_dir: Write there instead of the log dir.
+        top_k: Classes listed per image.
+    """
+
+    def __init__(self, filename: str = "predictions.csv", output_dir: str | None = None, top_k: int = 3) -> None:
+        super().__init__(write_interval="batch")
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be at least 1.\nHINT: e.g. top_k: 3.")
+        self.filename = filename
+        self.output_dir = output_dir
+        self.top_k = top_k
+        self.path: Path | None = None
+        self._part: Any = None
+        self._columns: list[str] = []
+        self._classes: list[str] = []
+        self._paths: list[str] = []
+
+    def columns(self, num_classes: int) -> list[str]:
+        ranks = range(1, min(self.top_k, num_classes) + 1)
+        return ["index", "file", "true", *(f"top{r}{s}" for r in ranks for s in ("", "_probability"))]
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "predict":
+            return
+        folder = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir)  # log_dir: every rank calls
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / self.filename
+        self._columns = self.columns(pl_module.num_classes)
+
+    @override
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._classes = pl_module.class_names()
+        self._paths = list(getattr(trainer.datamodule, "predict_paths", None) or [])
+        self._part = open(self._part_path(trainer.global_rank), "w", newline="")
+        csv.DictWriter(self._part, self._columns).writeheader()
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """After a failed predict, leave no part file behind (a finished one was merged and removed)."""
+        if self._part is not None and not self._part.closed:
+            self._part.close()
+            self._part_path(trainer.global_rank).unlink(missing_ok=True)
+
+    @override
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        index = prediction.get("index")
+        indices = index.tolist() if index is not None else list(batch_indices)
+        labels = prediction.get("labels")
+        rows = prediction_rows(
+            prediction["probs"],
+            indices,
+            labels.tolist() if labels is not None else None,
+            self._classes,
+            self._paths,
+            self.top_k,
+        )
+        csv.DictWriter(self._part, self._columns).writerows(rows)
+
+    @override
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._part.close()
+        trainer.strategy.barrier("prediction parts written")
+        if trainer.is_global_zero:
+            self._merge(trainer.world_size, _dataset_size(trainer))
+        trainer.strategy.barrier("predictions merged")
+
+    def _part_path(self, rank: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.rank{rank}.part")
+
+    def _merge(self, world_size: int, expected: int | None) -> None:
+        """Rows of every rank's part, sorted by index and checked, written atomically to ``self.path``."""
+        parts = [self._part_path(rank) for rank in range(world_size)]
+        rows = []
+        for part in parts:
+            with open(part, newline="") as file:
+                rows += list(csv.DictReader(file))
+        rows.sort(key=lambda row: int(row["index"]))
+        indices = [int(row["index"]) for row in rows]
+        wanted = list(range(expected)) if expected is not None else sorted(set(indices))
+        if indices != wanted:
+            raise RuntimeError(
+                f"The predictions of {world_size} process(es) hold {len(indices)} rows for {len(wanted)} images "
+                f"(missing: {sorted(set(wanted) - set(indices))[:10]}, repeated: "
+                f"{sorted(i for i, n in Counter(indices).items() if n > 1)[:10]}); {self.path} was not written."
+            )
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
+        try:
+            with os.fdopen(handle, "w", newline="") as file:
+                writer = csv.DictWriter(file, self._columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(temporary, self.path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        for part in parts:
+            part.unlink(missing_ok=True)
+
+
+def _dataset_size(trainer: L.Trainer) -> int | None:
+    """Images in the (single) predict loader's dataset, or None when it has no length."""
+    loaders = trainer.predict_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    try:
+        return len(loader.dataset)
+    except (TypeError, AttributeError):
+        return None
