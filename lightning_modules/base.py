@@ -7,6 +7,9 @@ linked from the datamodule, so a checkpoint classifies raw images on its own.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -41,8 +44,16 @@ class ImageClassifier(L.LightningModule):
         mean: Per-channel normalisation mean (linked from the datamodule).
         std: Per-channel normalisation std (linked from the datamodule).
         optimizer: Builds the optimiser from parameter groups (Adam, lr 1e-3 by default).
-        scheduler: Builds the learning-rate scheduler, stepped each epoch on
-            ``val/loss``; ``None`` for a constant learning rate.
+        scheduler: Builds the learning-rate scheduler; ``None`` for a constant
+            learning rate. Stepped each epoch (on ``val/loss`` for
+            ``ReduceLROnPlateau``), except schedules sized in steps: a
+            ``OneCycleLR`` without ``total_steps`` or a ``CosineAnnealingLR``
+            without ``T_max`` is sized from ``trainer.estimated_stepping_batches``
+            (the whole fit) and stepped after every optimiser step. (From YAML,
+            jsonargparse insists on a ``T_max``; leave it out from Python.)
+        label_smoothing: Share of the target mass spread over all classes in the
+            training loss (0.1 is the usual choice). Validation and test losses
+            stay plain cross-entropy, so ``val/loss`` compares across recipes.
         channels_last: Keep the network's weights and activations in NHWC
             layout, which oneDNN and cuDNN convolutions run faster in.
         compile: Run the network through ``torch.compile`` (pays a compile at
@@ -61,6 +72,7 @@ class ImageClassifier(L.LightningModule):
         std: Sequence[float] = (0.2023, 0.1994, 0.2010),
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = reference_plateau,
+        label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
@@ -69,11 +81,17 @@ class ImageClassifier(L.LightningModule):
             raise UserInputError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise UserInputError(f"input_shape={list(input_shape)} must be (channels, height, width).")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserInputError(
+                f"label_smoothing={label_smoothing} is not in [0, 1).\n"
+                "HINT: use a small share such as --model.label_smoothing 0.1, or 0 for none."
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
         _check_optimizer(optimizer)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -107,13 +125,16 @@ class ImageClassifier(L.LightningModule):
         net = self._compiled_net if self._compiled_net is not None else self.net
         return net(images)
 
-    def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def model_step(
+        self, batch: Any, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
-        return F.cross_entropy(logits, labels), logits.argmax(dim=1), labels
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return loss, logits.argmax(dim=1), labels
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, preds, labels = self.model_step(batch)
+        loss, preds, labels = self.model_step(batch, self.label_smoothing)
         self.train_acc(preds, labels)
         self.train_loss(loss.detach(), len(labels))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -145,11 +166,59 @@ class ImageClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        lengths = _step_count_arguments(self.scheduler_factory)
+        sizes = dict.fromkeys(lengths, self._total_steps()) if lengths else {}
+        scheduler = self.scheduler_factory(optimizer, **sizes)
+        # A schedule counted in optimiser steps must be stepped at each of them.
+        interval = "step" if sizes or isinstance(scheduler, OneCycleLR) else "epoch"
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval},
         }
+
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole fit, as Lightning counts them (epochs, limits, accumulation)."""
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise UserInputError(
+                "The learning-rate schedule is sized from the length of the fit, which is unbounded here "
+                "(max_epochs -1 and no max_steps).\n"
+                "HINT: set --trainer.max_epochs or --trainer.max_steps, or give the schedule's length "
+                "(total_steps for OneCycleLR, T_max for CosineAnnealingLR)."
+            )
+        return int(steps)
+
+
+def _scheduler_class(factory: Any) -> type | None:
+    """The class a scheduler factory builds: the class itself, or the class a ``functools.partial`` wraps.
+
+    jsonargparse hands a configured scheduler over as ``partial(instantiator, cls, **init_args)``.
+    """
+    if inspect.isclass(factory):
+        return factory
+    if isinstance(factory, functools.partial):
+        return next((c for c in (factory.func, *factory.args) if inspect.isclass(c)), None)
+    return None
+
+
+def _step_count_arguments(factory: Any) -> list[str]:
+    """The length arguments a schedule lacks and that the fit's step count should fill, if any.
+
+    ``OneCycleLR`` takes ``total_steps`` (unless given ``epochs`` and
+    ``steps_per_epoch``); ``CosineAnnealingLR`` takes ``T_max``. Set by the user,
+    they are left alone.
+    """
+    cls = _scheduler_class(factory)
+    if cls is None:
+        return []
+    given = factory.keywords if isinstance(factory, functools.partial) else {}
+    parameters = inspect.signature(cls).parameters
+    if "total_steps" in parameters:
+        own_length = given.get("epochs") is not None and given.get("steps_per_epoch") is not None
+        return [] if own_length or given.get("total_steps") is not None else ["total_steps"]
+    if "T_max" in parameters and given.get("T_max") is None:
+        return ["T_max"]
+    return []
 
 
 def _check_optimizer(optimizer: OptimizerCallable) -> None:
