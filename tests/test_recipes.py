@@ -108,3 +108,21 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     assert trained == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-6)
     assert evaluated == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     assert abs(trained - evaluated) > 1e-3
+
+
+@pytest.mark.parametrize("target, epochs_run", [(0.01, 1), (1.0, 2)])
+def test_time_to_accuracy_runs_a_recipe_until_its_target(target, epochs_run, tiny_data, tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from benchmarks.time_to_accuracy import recipe, time_to_target
+
+    monkeypatch.chdir(tmp_path)
+    args = Namespace(data=tiny_data, target=target, max_epochs=2)
+    history = recipe("cnn_fast", args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu"])
+    assert [epoch for epoch, _, _ in history] == list(range(1, epochs_run + 1))
+    seconds = [s for _, s, _ in history]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    expected = next((s for _, s, accuracy in history if accuracy >= target), float("inf"))
+    assert time_to_target(history, target) == expected
+    assert (expected == seconds[0]) == (target == 0.01)  # any accuracy passes 1 %; epoch 1 is short of 100 %
+    assert not list(tmp_path.iterdir())  # its logs went to a temporary folder
