@@ -168,7 +168,13 @@ class ImageClassifier(L.LightningModule):
             return optimizer
         lengths = _step_count_arguments(self.scheduler_factory)
         sizes = dict.fromkeys(lengths, self._total_steps()) if lengths else {}
-        scheduler = self.scheduler_factory(optimizer, **sizes)
+        try:
+            scheduler = self.scheduler_factory(optimizer, **sizes)
+        except ZeroDivisionError as error:  # OneCycleLR when pct_start * total_steps is exactly 1: an empty phase
+            raise UserInputError(
+                f"The learning-rate schedule cannot be built for this fit ({sizes or 'its own length'}): {error}.\n"
+                "HINT: a one-cycle warm-up needs more than one step; train longer or change pct_start."
+            ) from error
         # A schedule counted in optimiser steps must be stepped at each of them.
         interval = "step" if sizes or isinstance(scheduler, OneCycleLR) else "epoch"
         return {

@@ -126,3 +126,12 @@ def test_time_to_accuracy_runs_a_recipe_until_its_target(target, epochs_run, tin
     assert time_to_target(history, target) == expected
     assert (expected == seconds[0]) == (target == 0.01)  # any accuracy passes 1 %; epoch 1 is short of 100 %
     assert not list(tmp_path.iterdir())  # its logs went to a temporary folder
+
+
+def test_a_fit_too_short_for_the_warm_up_exits_2(tiny_data, run_cli, capsys):
+    # 4 steps at pct_start 0.25 end the warm-up at step 0: an empty phase, which OneCycleLR divides by.
+    with pytest.raises(SystemExit) as exit_info:
+        _fit(run_cli, tiny_data, "cnn_fast.yaml", "--trainer.max_epochs", 1)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "{'total_steps': 4}" in err and "HINT:" in err
