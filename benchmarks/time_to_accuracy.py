@@ -90,8 +90,9 @@ def ours(args, seed: int) -> History:
     datamodule = CIFAR10DataModule(data_dir=args.data, batch_size=64, num_workers=0, split_seed=seed)
     datamodule.setup("fit")  # decode/cache outside the timed part, as the reference's ImageFolder scan is
     stopper = StopAtAccuracy(args.target)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=args.max_epochs or DEFAULT_MAX_EPOCHS, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=args.max_epochs or DEFAULT_MAX_EPOCHS, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0,
                         callbacks=[stopper])
     trainer.fit(_model(seed, channels_last=args.channels_last), datamodule=datamodule)
     return stopper.history

@@ -60,7 +60,8 @@ def _logged(version_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def _row(table: str, config: str) -> dict[str, str]:
     """The cells of ``config``'s row, by column header."""
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header = rows[0]
     for cells in rows:
         if cells[0] == config:
@@ -150,7 +151,8 @@ def test_the_sources_numbers_stand_beside_ours(logs, built, tmp_path):
     # A config the source published nothing for says so.
     logdir, _, _ = logs
     copy = tmp_path / "logs"
-    shutil.copytree(logdir / "mlp" / "version_0", copy / "resnet18" / "version_0", ignore=shutil.ignore_patterns("*.ckpt"))
+    shutil.copytree(logdir / "mlp" / "version_0", copy / "resnet18" / "version_0",
+                    ignore=shutil.ignore_patterns("*.ckpt"))
     record = json.loads((copy / "resnet18/version_0/run.json").read_text())
     (copy / "resnet18/version_0/run.json").write_text(json.dumps({**record, "config_name": "resnet18"}))
     assert _row(report.results_markdown(copy), "resnet18")["SPEC: source's test acc (%)"] == "—"
