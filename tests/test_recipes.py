@@ -36,8 +36,8 @@ def test_one_cycle_is_sized_from_the_fit_and_stepped_every_step(tiny_data, run_c
     assert config.interval == "step"
     assert config.scheduler.total_steps == 8 == cli.trainer.global_step
     # The same schedule built by hand and stepped 8 times ends at the same rate.
-    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2, momentum=0.9, nesterov=True)
-    by_hand = OneCycleLR(reference, max_lr=0.2, pct_start=0.25, total_steps=8)
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9, nesterov=True)
+    by_hand = OneCycleLR(reference, max_lr=0.1, pct_start=0.25, total_steps=8)
     for _ in range(8):
         reference.step()
         by_hand.step()
