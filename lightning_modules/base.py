@@ -168,6 +168,7 @@ class ImageClassifier(L.LightningModule):
             return optimizer
         lengths = _step_count_arguments(self.scheduler_factory)
         sizes = dict.fromkeys(lengths, self._total_steps()) if lengths else {}
+        self._check_resumed_length(sizes)
         try:
             scheduler = self.scheduler_factory(optimizer, **sizes)
         except ZeroDivisionError as error:  # OneCycleLR when pct_start * total_steps is exactly 1: an empty phase
@@ -181,6 +182,29 @@ class ImageClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Note the length a resumed schedule was sized for; Lightning restores it after configure_optimizers."""
+        states = checkpoint.get("lr_schedulers") or [{}]
+        self._resumed_schedule_length = {key: states[0][key] for key in ("total_steps", "T_max") if key in states[0]}
+
+    def _check_resumed_length(self, sizes: dict[str, int]) -> None:
+        """Refuse a resume whose fit is longer or shorter than the one its schedule was sized for.
+
+        The restored scheduler keeps its old length: a longer fit would step a one-cycle past its end
+        (torch raises mid-run), a shorter one would stop before the rate has annealed.
+        """
+        resumed = getattr(self, "_resumed_schedule_length", None) or {}
+        changed = {key: (resumed[key], steps) for key, steps in sizes.items()
+                   if key in resumed and resumed[key] != steps}
+        if changed:
+            (key, (before, now)), *_ = changed.items()
+            raise UserInputError(
+                f"The checkpoint's learning-rate schedule was sized for {before} steps ({key}), "
+                f"but this fit now runs {now}: resuming would not follow one schedule.\n"
+                "HINT: resume with the run's own --trainer.max_epochs (and limits), or start a new run "
+                "from the weights without --ckpt_path."
+            )
 
     def _total_steps(self) -> int:
         """Optimiser steps of the whole fit, as Lightning counts them (epochs, limits, accumulation)."""

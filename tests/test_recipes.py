@@ -135,3 +135,14 @@ def test_a_fit_too_short_for_the_warm_up_exits_2(tiny_data, run_cli, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "{'total_steps': 4}" in err and "HINT:" in err
+
+
+def test_resuming_a_sized_schedule_with_another_length_exits_2(tiny_data, run_cli, capsys):
+    args = ["--config", REPO / "configs/cnn_fast.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
+            "--data.batch_size", 16, *FAST[:-2]]  # with checkpoints
+    run_cli("fit", *args, "--trainer.max_epochs", 2)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *args, "--trainer.max_epochs", 3, "--ckpt_path", "last")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sized for 8 steps (total_steps), but this fit now runs 12" in err and "HINT:" in err
