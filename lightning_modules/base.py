@@ -7,7 +7,6 @@ linked from the datamodule, so a checkpoint classifies raw images on its own.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_private import scheduler_parts
 from user_input import UserInputError
 
 __all__ = ["ImageClassifier", "reference_plateau"]
@@ -166,11 +166,16 @@ class ImageClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        lengths = _step_count_arguments(self.scheduler_factory)
+        parts = scheduler_parts(self.scheduler_factory)
+        lengths = _step_count_arguments(*parts) if parts else []
         sizes = dict.fromkeys(lengths, self._total_steps()) if lengths else {}
         self._check_resumed_length(sizes)
         try:
-            scheduler = self.scheduler_factory(optimizer, **sizes)
+            if sizes:  # built here: the factory's call signature takes the optimiser alone
+                cls, given = parts
+                scheduler = cls(optimizer, **{**given, **sizes})
+            else:
+                scheduler = self.scheduler_factory(optimizer)
         except ZeroDivisionError as error:  # OneCycleLR when pct_start * total_steps is exactly 1: an empty phase
             raise UserInputError(
                 f"The learning-rate schedule cannot be built for this fit ({sizes or 'its own length'}): {error}.\n"
@@ -219,29 +224,13 @@ class ImageClassifier(L.LightningModule):
         return int(steps)
 
 
-def _scheduler_class(factory: Any) -> type | None:
-    """The class a scheduler factory builds: the class itself, or the class a ``functools.partial`` wraps.
-
-    jsonargparse hands a configured scheduler over as ``partial(instantiator, cls, **init_args)``.
-    """
-    if inspect.isclass(factory):
-        return factory
-    if isinstance(factory, functools.partial):
-        return next((c for c in (factory.func, *factory.args) if inspect.isclass(c)), None)
-    return None
-
-
-def _step_count_arguments(factory: Any) -> list[str]:
-    """The length arguments a schedule lacks and that the fit's step count should fill, if any.
+def _step_count_arguments(cls: type, given: dict[str, Any]) -> list[str]:
+    """The length arguments a schedule class lacks in ``given`` that the fit's step count should fill.
 
     ``OneCycleLR`` takes ``total_steps`` (unless given ``epochs`` and
     ``steps_per_epoch``); ``CosineAnnealingLR`` takes ``T_max``. Set by the user,
     they are left alone.
     """
-    cls = _scheduler_class(factory)
-    if cls is None:
-        return []
-    given = factory.keywords if isinstance(factory, functools.partial) else {}
     parameters = inspect.signature(cls).parameters
     if "total_steps" in parameters:
         own_length = given.get("epochs") is not None and given.get("steps_per_epoch") is not None
