@@ -1,4 +1,4 @@
-"""The only places where this project relies on Lightning behaviour that is not public API.
+"""The only places where this project relies on behaviour of Lightning (or its CLI's jsonargparse) that is not public.
 
 Everything else goes through documented Lightning, torch and jsonargparse
 interfaces. What is here has no public equivalent; each function says what it
@@ -10,11 +10,15 @@ If you upgrade Lightning and something here breaks, this file is the one to fix.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any
+
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["batches_trained_this_epoch", "rewrap_ddp"]
+__all__ = ["batches_trained_this_epoch", "rewrap_ddp", "scheduler_parts"]
 
 
 def batches_trained_this_epoch(trainer: L.Trainer) -> int:
@@ -25,7 +29,7 @@ def batches_trained_this_epoch(trainer: L.Trainer) -> int:
     skips that many batches after a resume lines up with the restored
     ``global_step`` whichever hook saved (epoch end, an exception mid-step,
     SIGTERM). Counting batches ourselves would run ahead by Lightning's
-    prefetch. Checked against Lightning 2.5 and 2.6.
+    prefetch. Checked against Lightning 2.6.0 (the floor) and 2.6.6.
     """
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
@@ -46,3 +50,30 @@ def rewrap_ddp(trainer: L.Trainer) -> None:
         return
     strategy.model = strategy.model.module
     strategy.configure_ddp()
+
+
+def scheduler_parts(factory: Any) -> tuple[type, dict[str, Any]] | None:
+    """The class a scheduler factory builds and the keyword arguments it was configured with.
+
+    LightningCLI hands ``model.scheduler`` over as a callable of the optimiser;
+    what it builds is not public. jsonargparse 4.53.0 returns
+    ``functools.partial(instantiator, cls, **init_args)``; 4.39.0 (the floor
+    Lightning 2.6.0 needs) a closure ``partial_instance(*args)`` over
+    ``val_class``, ``init_args`` and ``dict_kwargs``. A class, or a
+    ``functools.partial`` of one as Python code passes it, is read the same way.
+    Returns ``None`` for anything else, e.g. a function such as
+    ``reference_plateau``: then the factory is only ever called as it is.
+    """
+    if inspect.isclass(factory):
+        return factory, {}
+    if isinstance(factory, functools.partial):
+        cls = next((c for c in (factory.func, *factory.args) if inspect.isclass(c)), None)
+        return (cls, dict(factory.keywords)) if cls is not None else None
+    code, cells = getattr(factory, "__code__", None), getattr(factory, "__closure__", None) or ()
+    if code is None or code.co_name != "partial_instance":
+        return None
+    captured = dict(zip(code.co_freevars, (cell.cell_contents for cell in cells)))
+    cls = captured.get("val_class")
+    if not inspect.isclass(cls):
+        return None
+    return cls, {**captured.get("init_args", {}), **captured.get("dict_kwargs", {})}

@@ -9,6 +9,8 @@ checkpoint used on other data is refused by name rather than by a size error.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning_private import scheduler_parts
 from user_input import UserInputError
 
 __all__ = ["ImageClassifier", "reference_plateau"]
@@ -48,8 +51,16 @@ class ImageClassifier(L.LightningModule):
         mean: Per-channel normalisation mean (linked from the datamodule).
         std: Per-channel normalisation std (linked from the datamodule).
         optimizer: Builds the optimiser from parameter groups (Adam, lr 1e-3 by default).
-        scheduler: Builds the learning-rate scheduler, stepped each epoch on
-            ``val/loss``; ``None`` for a constant learning rate.
+        scheduler: Builds the learning-rate scheduler; ``None`` for a constant
+            learning rate. Stepped each epoch (on ``val/loss`` for
+            ``ReduceLROnPlateau``), except schedules sized in steps: a
+            ``OneCycleLR`` without ``total_steps`` or a ``CosineAnnealingLR``
+            without ``T_max`` is sized from ``trainer.estimated_stepping_batches``
+            (the whole fit) and stepped after every optimiser step. (From YAML,
+            jsonargparse insists on a ``T_max``; leave it out from Python.)
+        label_smoothing: Share of the target mass spread over all classes in the
+            training loss (0.1 is the usual choice). Validation and test losses
+            stay plain cross-entropy, so ``val/loss`` compares across recipes.
         channels_last: Keep the network's weights and activations in NHWC
             layout, which oneDNN and cuDNN convolutions run faster in.
         compile: Run the network through ``torch.compile`` (pays a compile at
@@ -68,6 +79,7 @@ class ImageClassifier(L.LightningModule):
         std: Sequence[float] = (0.2023, 0.1994, 0.2010),
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = reference_plateau,
+        label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
@@ -76,11 +88,17 @@ class ImageClassifier(L.LightningModule):
             raise UserInputError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise UserInputError(f"input_shape={list(input_shape)} must be (channels, height, width).")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserInputError(
+                f"label_smoothing={label_smoothing} is not in [0, 1).\n"
+                "HINT: use a small share such as --model.label_smoothing 0.1, or 0 for none."
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
         _check_optimizer(optimizer)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -121,17 +139,21 @@ class ImageClassifier(L.LightningModule):
         net = self._compiled_net if self._compiled_net is not None else self.net
         return net(images)
 
-    def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, logits, labels = self._logits_step(batch)
+    def model_step(
+        self, batch: Any, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, logits, labels = self._logits_step(batch, label_smoothing)
         return loss, logits.argmax(dim=1), labels
 
-    def _logits_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _logits_step(
+        self, batch: Any, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]
         logits = self(images)
-        return F.cross_entropy(logits, labels), logits, labels
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits, labels
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, preds, labels = self.model_step(batch)
+        loss, preds, labels = self.model_step(batch, self.label_smoothing)
         self.train_acc(preds, labels)
         self.train_loss(loss.detach(), len(labels))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -220,11 +242,78 @@ class ImageClassifier(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        parts = scheduler_parts(self.scheduler_factory)
+        lengths = _step_count_arguments(*parts) if parts else []
+        sizes = dict.fromkeys(lengths, self._total_steps()) if lengths else {}
+        self._check_resumed_length(sizes)
+        try:
+            if sizes:  # built here: the factory's call signature takes the optimiser alone
+                cls, given = parts
+                scheduler = cls(optimizer, **{**given, **sizes})
+            else:
+                scheduler = self.scheduler_factory(optimizer)
+        except ZeroDivisionError as error:  # OneCycleLR when pct_start * total_steps is exactly 1: an empty phase
+            raise UserInputError(
+                f"The learning-rate schedule cannot be built for this fit ({sizes or 'its own length'}): {error}.\n"
+                "HINT: a one-cycle warm-up needs more than one step; train longer or change pct_start."
+            ) from error
+        # A schedule counted in optimiser steps must be stepped at each of them.
+        interval = "step" if sizes or isinstance(scheduler, OneCycleLR) else "epoch"
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Note the length a resumed schedule was sized for; Lightning restores it after configure_optimizers."""
+        states = checkpoint.get("lr_schedulers") or [{}]
+        self._resumed_schedule_length = {key: states[0][key] for key in ("total_steps", "T_max") if key in states[0]}
+
+    def _check_resumed_length(self, sizes: dict[str, int]) -> None:
+        """Refuse a resume whose fit is longer or shorter than the one its schedule was sized for.
+
+        The restored scheduler keeps its old length: a longer fit would step a one-cycle past its end
+        (torch raises mid-run), a shorter one would stop before the rate has annealed.
+        """
+        resumed = getattr(self, "_resumed_schedule_length", None) or {}
+        changed = {key: (resumed[key], steps) for key, steps in sizes.items()
+                   if key in resumed and resumed[key] != steps}
+        if changed:
+            (key, (before, now)), *_ = changed.items()
+            raise UserInputError(
+                f"The checkpoint's learning-rate schedule was sized for {before} steps ({key}), "
+                f"but this fit now runs {now}: resuming would not follow one schedule.\n"
+                "HINT: resume with the run's own --trainer.max_epochs (and limits), or start a new run "
+                "from the weights without --ckpt_path."
+            )
+
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole fit, as Lightning counts them (epochs, limits, accumulation)."""
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise UserInputError(
+                "The learning-rate schedule is sized from the length of the fit, which is unbounded here "
+                "(max_epochs -1 and no max_steps).\n"
+                "HINT: set --trainer.max_epochs or --trainer.max_steps, or give the schedule's length "
+                "(total_steps for OneCycleLR, T_max for CosineAnnealingLR)."
+            )
+        return int(steps)
+
+
+def _step_count_arguments(cls: type, given: dict[str, Any]) -> list[str]:
+    """The length arguments a schedule class lacks in ``given`` that the fit's step count should fill.
+
+    ``OneCycleLR`` takes ``total_steps`` (unless given ``epochs`` and
+    ``steps_per_epoch``); ``CosineAnnealingLR`` takes ``T_max``. Set by the user,
+    they are left alone.
+    """
+    parameters = inspect.signature(cls).parameters
+    if "total_steps" in parameters:
+        own_length = given.get("epochs") is not None and given.get("steps_per_epoch") is not None
+        return [] if own_length or given.get("total_steps") is not None else ["total_steps"]
+    if "T_max" in parameters and given.get("T_max") is None:
+        return ["T_max"]
+    return []
 
 
 def _check_optimizer(optimizer: OptimizerCallable) -> None:

@@ -58,11 +58,14 @@ def _logged(version_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
-def _row(table: str, config: str) -> list[str]:
-    for line in table.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+def _row(table: str, config: str) -> dict[str, str]:
+    """The cells of ``config``'s row, by column header."""
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    header = rows[0]
+    for cells in rows:
         if cells[0] == config:
-            return cells
+            return dict(zip(header, cells))
     raise AssertionError(f"no row for {config} in\n{table}")
 
 
@@ -90,6 +93,9 @@ def test_report_numbers_are_the_runs_own(logs, built):
         # The last epoch's accuracy is also what the trainer itself ended with.
         assert val_acc[-1] == pytest.approx(float(cli.trainer.callback_metrics["val/acc"]))
         assert row["best_val_acc"][index] == max(val_acc)
+        epoch_at = dict(_logged(version_dir, "epoch"))
+        best_step = next(step for step, value in _logged(version_dir, "val/acc") if value == max(val_acc))
+        assert row["best_epoch"][index] == int(epoch_at[best_step]) + 1
         assert row["epochs"][index] == 2
         epoch_seconds = [value for _, value in _logged(version_dir, "time/epoch_seconds")]
         assert row["seconds_per_epoch"][index] == pytest.approx(statistics.fmean(epoch_seconds))
@@ -112,10 +118,12 @@ def test_seeds_group_into_one_row_with_mean_and_spread(logs, built):
     accuracies = cnn["best_val_acc"]
     cells = _row(table, "cnn")
     mean, std = statistics.fmean(accuracies), statistics.stdev(accuracies)
-    assert cells[3] == "0, 1"
-    assert cells[4] == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    assert cells[5] == "-"  # never tested
-    assert cells[6] == "2 ± 0"
+    assert cells["seeds"] == "0, 1"
+    assert cells["best val/acc (%)"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    assert cells["test/acc (%)"] == "-"  # never tested
+    assert cells["epochs"] == "2 ± 0"
+    best_epochs = cnn["best_epoch"]
+    assert cells["best at epoch"] == f"{statistics.fmean(best_epochs):g} ± {statistics.stdev(best_epochs):g}"
 
 
 def test_single_seed_and_unreached_accuracy(logs, built):
@@ -124,12 +132,102 @@ def test_single_seed_and_unreached_accuracy(logs, built):
     cells = _row(path.read_text(), "mlp")
     version_dir = Path(fits[("mlp", 0)].trainer.log_dir)
     best = max(value for _, value in _logged(version_dir, "val/acc"))
-    assert cells[4] == f"{100 * best:.2f}"  # one seed: no spread
-    assert cells[5] == f"{100 * float(tested.trainer.callback_metrics['test/acc']):.2f}"
+    assert cells["best val/acc (%)"] == f"{100 * best:.2f}"  # one seed: no spread
+    assert cells["test/acc (%)"] == f"{100 * float(tested.trainer.callback_metrics['test/acc']):.2f}"
     seconds, epoch = _expected_time_to(version_dir, 0.01)
-    assert cells[8] == f"{seconds:.1f} s, ep {epoch}"
-    assert cells[9] == "-"  # lr 0 never gets near 99 %
-    assert float(cells[10].replace(",", "")) > 0
+    assert cells["to 1 % val/acc"] == f"{seconds:.1f} s, ep {epoch}"
+    assert cells["to 99 % val/acc"] == "-"  # lr 0 never gets near 99 %
+    assert float(cells["inference img/s"].replace(",", "")) > 0
+
+
+def test_the_sources_numbers_stand_beside_ours(logs, built, tmp_path):
+    path, summary = built
+    table = path.read_text()
+    assert "SPEC: source's test acc (%)" in table
+    assert _row(table, "cnn")["SPEC: source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
+    assert _row(table, "mlp")["SPEC: source's test acc (%)"] == "50-55 @ 20 ep"
+    cnn = next(row for row in summary["rows"] if row["config"] == "cnn")
+    assert cnn["spec"] == [{"test_acc_percent": "80.98", "epochs": 20}, {"test_acc_percent": "84.68", "epochs": 50}]
+    # A config the source published nothing for says so.
+    logdir, _, _ = logs
+    copy = tmp_path / "logs"
+    shutil.copytree(logdir / "mlp" / "version_0", copy / "resnet18" / "version_0",
+                    ignore=shutil.ignore_patterns("*.ckpt"))
+    record = json.loads((copy / "resnet18/version_0/run.json").read_text())
+    (copy / "resnet18/version_0/run.json").write_text(json.dumps({**record, "config_name": "resnet18"}))
+    assert _row(report.results_markdown(copy), "resnet18")["SPEC: source's test acc (%)"] == "—"
+
+
+def test_markdown_only_prints_the_table_and_writes_nothing(logs, tmp_path, capsys):
+    logdir, _, _ = logs
+    copy = tmp_path / "logs"
+    shutil.copytree(logdir, copy, ignore=shutil.ignore_patterns("report", "*.ckpt"))
+    before = sorted(str(p) for p in copy.rglob("*"))
+    assert report.main([str(copy), "--markdown-only"]) is None
+    printed = capsys.readouterr().out
+    groups = report.group_runs(report.find_runs(copy, report.DEFAULT_THRESHOLDS)[0])
+    table = report.markdown_table(groups, report.DEFAULT_THRESHOLDS)
+    assert printed.startswith(table + "\n\nWhere they ran:\n\n- ")
+    assert [column for column in _row(printed, "cnn") if column.startswith("to ")] == [
+        "to 50 % val/acc", "to 70 % val/acc", "to 80 % val/acc"]
+    assert sorted(str(p) for p in copy.rglob("*")) == before
+
+
+def _add_per_class(version_dir: Path, stage: str, values: dict[int, dict[str, float]]) -> None:
+    """Log ``{step: {class: accuracy}}`` under ``<stage>/acc_per_class/<class>`` into a run, as a module would."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(version_dir), filename_suffix=f".{stage}_per_class")
+    for step, per_class in values.items():
+        for name, accuracy in per_class.items():
+            writer.add_scalar(f"{stage}/acc_per_class/{name}", accuracy, global_step=step)
+    writer.close()
+
+
+def test_per_class_accuracy_is_read_at_the_best_epoch(logs, tmp_path):
+    logdir, fits, _ = logs
+    copy = tmp_path / "logs"
+    shutil.copytree(logdir, copy, ignore=shutil.ignore_patterns("report", "*.ckpt"))
+    seeds = {}
+    for seed in (0, 1):
+        version_dir = copy / "cnn" / Path(fits[("cnn", seed)].trainer.log_dir).name
+        val_acc = _logged(version_dir, "val/acc")
+        best_step = max(val_acc, key=lambda item: (item[1], -item[0]))[0]  # first epoch at the best
+        steps = [step for step, _ in val_acc]
+        # Each epoch's per-class values differ, so reading the wrong epoch shows.
+        _add_per_class(version_dir, "val", {
+            step: {"bird": 0.1 * seed + 0.01 * i, "cat": 0.5, "ship": 0.9 - 0.01 * i} for i, step in enumerate(steps)})
+        _add_per_class(version_dir, "test", {7: {"bird": 0.2, "cat": 0.3, "ship": 0.4}, 9: {"bird": 0.6 + 0.1 * seed,
+                                                                                            "cat": 0.7, "ship": 0.8}})
+        seeds[seed] = steps.index(best_step)
+    path = report.write_report(copy, thresholds=THRESHOLDS)
+    text = path.read_text()
+    summary = json.loads((path.parent / "report.json").read_text())
+    cnn = next(row for row in summary["rows"] if row["config"] == "cnn")
+    assert cnn["val_acc_per_class"] == [
+        {"bird": pytest.approx(0.1 * s + 0.01 * i), "cat": 0.5, "ship": pytest.approx(0.9 - 0.01 * i)}
+        for s, i in seeds.items()]
+    assert cnn["test_acc_per_class"] == [{"bird": pytest.approx(0.6 + 0.1 * s), "cat": pytest.approx(0.7),
+                                          "ship": pytest.approx(0.8)} for s in (0, 1)]
+    birds = [0.1 * s + 0.01 * i for s, i in seeds.items()]
+    val_section = text.split("## Per-class accuracy (%), validation, at the best val/acc epoch")[1]
+    val_row = _row(val_section.split("## ")[0], "cnn")
+    assert val_row["bird"] == f"{100 * statistics.fmean(birds):.2f} ± {100 * statistics.stdev(birds):.2f}"
+    assert val_row["cat"] == "50.00 ± 0.00"
+    test_row = _row(text.split("## Per-class accuracy (%), test")[1].split("## ")[0], "cnn")
+    assert test_row["bird"] == f"{65:.2f} ± {100 * statistics.stdev([0.6, 0.7]):.2f}"
+    assert test_row["ship"] == "80.00 ± 0.00"
+    # The MLP logged none in this copy: no row, rather than a row of dashes.
+    assert all(not line.startswith("| mlp ") for line in val_section.split("## ")[0].splitlines())
+
+
+def test_no_per_class_table_when_no_run_logged_one(logs):
+    logdir, _, _ = logs
+    runs, _ = report.find_runs(logdir, THRESHOLDS)
+    for run in runs:
+        run.val_acc_per_class, run.test_acc_per_class = {}, {}
+    groups = report.group_runs(runs)
+    assert report.per_class_table(groups, "val") is None and report.per_class_table(groups, "test") is None
 
 
 def test_figures_are_written_and_shown_in_tensorboard(logs, built):
