@@ -43,7 +43,7 @@ def rewrap_ddp(trainer: L.Trainer) -> None:
     (public methods, but Lightning calls them only once, in its own setup) and
     on the old wrapper's reducer being freed when it is dropped (nothing else
     holds it). Collective: every rank calls this at the same epoch. Checked
-    against Lightning 2.5 and 2.6.
+    against Lightning 2.6.0 (the floor) and 2.6.6.
     """
     strategy = trainer.strategy
     if not isinstance(strategy, DDPStrategy) or not isinstance(strategy.model, DistributedDataParallel):
