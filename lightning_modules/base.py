@@ -219,6 +219,10 @@ class ImageClassifier(L.LightningModule):
         checkpoint["classes"] = self.class_names()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_classes(checkpoint)
+        self._note_schedule_length(checkpoint)
+
+    def _check_classes(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained on other classes before its weights fail to fit (or silently fit)."""
         if self._trainer is None:
             return  # load_from_checkpoint: no data to compare with
@@ -264,7 +268,7 @@ class ImageClassifier(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval},
         }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _note_schedule_length(self, checkpoint: dict[str, Any]) -> None:
         """Note the length a resumed schedule was sized for; Lightning restores it after configure_optimizers."""
         states = checkpoint.get("lr_schedulers") or [{}]
         self._resumed_schedule_length = {key: states[0][key] for key in ("total_steps", "T_max") if key in states[0]}
