@@ -14,7 +14,7 @@ import torch
 from callbacks import ProgressiveUnfreeze
 from tests.conftest import REPO, config_with_stages
 from tests.test_cli import tiny_args
-from tests.unfreeze_helpers import TINY_STAGES, ScheduleRecorder, write_config
+from tests.unfreeze_helpers import ScheduleRecorder, write_config
 
 RECORDER = "tests.unfreeze_helpers.ScheduleRecorder"
 
