@@ -34,6 +34,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ from visualization.report_figures import Curve, accuracy_curves
 __all__ = ["SPEC_RESULTS", "ReportError", "Run", "group_runs", "markdown_table", "read_run", "results_markdown",
            "write_report"]
 
+TRAINED_TAG = "train/loss_epoch"  # logged by every training epoch; absent from validate/test events
+EVALUATED_TAGS = ("val/acc", "test/acc")  # what a validate/test subcommand logs
 REPORT_RUN = "report"  # the TensorBoard run (folder under the log dir) the report logs into
 # 50 %: the MLP's level (SPEC 5); 70 %: every CNN passes it in a few epochs; 80 %: the
 # source's 20-epoch CNN (80.98 %), the mark the fast recipes race to.
@@ -130,6 +133,34 @@ def _scalars(accumulator: EventAccumulator, tag: str) -> list[tuple[int, float]]
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
+def _load(path: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every event
+    accumulator.Reload()
+    return accumulator
+
+
+def _fit_and_evaluation_events(version_dir: Path) -> tuple[EventAccumulator, list[EventAccumulator]]:
+    """The fit's scalars, and those of each ``validate``/``test`` that logged into the same folder.
+
+    Read together, a later ``validate --ckpt_path best`` (which logs at step 0)
+    looks to TensorBoard like a restart at step 0, and it purges every fit
+    event after it. So a file with evaluation results but no training is read on its own; the
+    fit's files (several when it was resumed) are still read together, where that
+    purge is right: a resumed fit redoes the steps after its checkpoint.
+    """
+    files = sorted(version_dir.glob("events.out.tfevents.*"))  # by name: by start time
+    loaded = {path: _load(path) for path in files}
+    evaluation = [path for path, events in loaded.items()
+                  if not _scalars(events, TRAINED_TAG) and any(_scalars(events, tag) for tag in EVALUATED_TAGS)]
+    if not evaluation:
+        return _load(version_dir), []
+    with tempfile.TemporaryDirectory() as fit_only:
+        for path in files:
+            if path not in evaluation:
+                (Path(fit_only) / path.name).symlink_to(path.resolve())
+        return _load(Path(fit_only)), [loaded[path] for path in evaluation]
+
+
 def _per_class(accumulator: EventAccumulator, prefix: str, step: int | None) -> dict[str, float]:
     """``{class: accuracy}`` from the scalars under ``prefix``, at ``step`` (``None``: the last one).
 
@@ -156,15 +187,17 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     record = json.loads(record_path.read_text())
     if not record.get("finished_at"):
         raise ReportError("fit did not finish (interrupted or still running)")
-    accumulator = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})  # 0: keep every event
-    accumulator.Reload()
+    accumulator, evaluations = _fit_and_evaluation_events(version_dir)
     val_acc = _scalars(accumulator, "val/acc")
     if not val_acc:
         raise ReportError("no val/acc logged (validation off?)")
     # Epoch-end scalars share their step with Lightning's "epoch" scalar: join on it.
     epoch_at = dict(_scalars(accumulator, "epoch"))
     elapsed_at = dict(_scalars(accumulator, "time/elapsed_seconds"))
-    test_acc = _scalars(accumulator, "test/acc")
+    # A ``test`` logging into the run's folder writes its own file; the last one written counts.
+    test_acc = next((found for events in reversed(evaluations) if (found := _scalars(events, "test/acc"))), None)
+    test_acc = test_acc or _scalars(accumulator, "test/acc")
+    test_events = next((events for events in reversed(evaluations) if _scalars(events, "test/acc")), accumulator)
     inference = _scalars(accumulator, "perf/inference_images_per_second")
     run = Run(
         config=str(record.get("config_name") or version_dir.parent.name),
@@ -186,7 +219,7 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     run.time_to = {f"{threshold:g}": run.first_reaching(threshold) for threshold in thresholds}
     best_step = val_acc[run.val_acc.index(run.best_val_acc)][0]
     run.val_acc_per_class = _per_class(accumulator, PER_CLASS_TAGS["val"], best_step)
-    run.test_acc_per_class = _per_class(accumulator, PER_CLASS_TAGS["test"], None)
+    run.test_acc_per_class = _per_class(test_events, PER_CLASS_TAGS["test"], None)
     return run
 
 

@@ -313,3 +313,36 @@ def test_pixel_permutation_is_fixed_per_seed(tiny_data):
         expected = (raw.float() / 255).flatten(2)[:, :, order].view_as(images)  # every channel moved alike
         assert torch.equal(images, expected)
         assert not torch.equal(images, raw.float() / 255)
+
+
+def test_validate_and_test_logging_into_a_fitted_run_leave_its_history_alone(logs, tiny_data, tmp_path):
+    """``validate``/``test`` of a checkpoint log at step 0; read with the fit's events, that purged its epochs."""
+    import cli
+
+    logdir, _, _ = logs
+    copy = tmp_path / "logs"
+    shutil.copytree(logdir, copy, ignore=shutil.ignore_patterns("report"))
+    fitted = copy / "cnn" / "version_0"
+    before = report.read_run(fitted, THRESHOLDS)
+    best = next((fitted / "checkpoints").glob("best*.ckpt"))
+    for subcommand in ("validate", "test"):
+        args = [subcommand, "--config", REPO / "configs" / "cnn.yaml", "--data.data_dir", tiny_data,
+                "--data.val_size", 12, "--data.batch_size", 16, "--trainer.logger.init_args.save_dir", copy,
+                "--trainer.logger.init_args.version", 0, "--ckpt_path", best, *FAST]
+        cli.main([str(arg) for arg in args])
+    assert len(list(fitted.glob("events.out.tfevents.*"))) == 3
+
+    after = report.read_run(fitted, THRESHOLDS)
+    assert (after.epochs, after.val_acc, after.elapsed_seconds) == (before.epochs, before.val_acc, before.elapsed_seconds)
+    assert after.epochs_trained == 2
+    assert before.test_acc is None
+    tested = [value for events in fitted.glob("events.out.tfevents.*")
+              for step, value in _logged_file(events, "test/acc")]
+    assert after.test_acc == pytest.approx(tested[-1])
+    assert set(after.test_acc_per_class) == set(before.val_acc_per_class)  # the tiny data's classes
+
+
+def _logged_file(path: Path, tag: str) -> list[tuple[int, float]]:
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)] if tag in accumulator.Tags()["scalars"] else []
