@@ -88,17 +88,25 @@ class ProjectCLI(LightningCLI):
             return  # a custom logger: leave the lookup to Lightning
         run_root = Path(init_args.save_dir) / (init_args.get("name") or "")
         pattern = "last.ckpt" if which == "last" else "best-*.ckpt"
-        found = sorted(run_root.glob(f"version_*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
+        version = init_args.get("version")
+        if version is not None:  # a pinned run (e.g. one per seed): look in it alone
+            run_root /= version if isinstance(version, str) else f"version_{version}"
+            found = sorted(run_root.glob(f"checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
+        else:
+            found = sorted(run_root.glob(f"version_*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
         if not found:
             if which == "last":
                 print(f"No last.ckpt under {run_root}: starting a new run.", file=sys.stderr)
                 config.ckpt_path = None
                 return
+            searched = run_root / ("checkpoints" if version is not None else "version_*/checkpoints")
             self.parser.error(
-                f"ckpt_path=best: no best-*.ckpt under {run_root}/version_*/checkpoints.\n"
+                f"ckpt_path=best: no best-*.ckpt in {searched}.\n"
                 "HINT: run `fit` with this config first, or pass --ckpt_path path/to/file.ckpt."
             )
         config.ckpt_path = str(found[-1])
+        if version is not None:
+            return
         version = found[-1].parent.parent.name.removeprefix("version_")
         init_args.version = int(version) if version.isdigit() else found[-1].parent.parent.name
 

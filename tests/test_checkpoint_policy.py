@@ -84,6 +84,22 @@ def test_the_atomic_writer_leaves_no_temporary_file_and_honours_the_umask(tmp_pa
     assert stat.S_IMODE((tmp_path / "x.ckpt").stat().st_mode) == 0o640
 
 
+def test_last_with_a_pinned_version_resumes_that_run_only(tiny_data, run_cli, tmp_path):
+    # One run per seed under one name (`--trainer.logger.init_args.version <seed>`): seed 1's
+    # first `--ckpt_path last` must start afresh, not resume seed 0's newer, finished run.
+    seed0 = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", 0)
+    assert seed0.trainer.global_step == 4
+    pinned = ["--trainer.logger.init_args.version", 1, "--seed_everything", 1, "--ckpt_path", "last"]
+    seed1 = _fit(run_cli, tiny_data, "--trainer.max_epochs", 1, *pinned)
+    assert seed1.trainer.ckpt_path is None and seed1.trainer.global_step == 2
+    assert Path(seed1.trainer.log_dir).name == "version_1"
+    resumed = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, *pinned)
+    assert resumed.trainer.ckpt_path == str(Path("lightning_logs/cnn/version_1/checkpoints/last.ckpt"))
+    assert resumed.trainer.global_step == 4 and Path(resumed.trainer.log_dir).name == "version_1"
+    with pytest.raises(SystemExit):  # nothing to test in a pinned run without checkpoints
+        run_cli("test", *tiny_args(CNN, tiny_data), "--trainer.logger.init_args.version", 7, "--ckpt_path", "best")
+
+
 def test_default_root_dir_places_the_run_and_the_checkpoint_lookup(tiny_data, run_cli, tmp_path):
     root = ["--trainer.default_root_dir", "experiments/a"]
     _fit(run_cli, tiny_data, "--trainer.max_epochs", 1, *root)
