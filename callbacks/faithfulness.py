@@ -62,7 +62,7 @@ class FaithfulnessScores(ProbeSchedule):
         steps: Deletion/insertion curve points after the first.
         road_steps: ROAD curve points after the first (0: no ROAD).
         randomize_layers: Top layers re-initialised for the sanity check (0: none).
-        seed: Seeds the random map, ROAD's noise and the re-initialised weights.
+        seed: Seeds the random map, the order of equal pixels, ROAD's noise and the re-initialised weights.
     """
 
     def __init__(

@@ -148,14 +148,18 @@ def centre_map(count: int, size: tuple[int, int]) -> Tensor:
     return (1 - distance / distance.max()).expand(count, height, width).clone()
 
 
-def removal_masks(maps: Tensor, fractions: Tensor) -> Tensor:
+def removal_masks(maps: Tensor, fractions: Tensor, seed: int = 0) -> Tensor:
     """``[N, S, H, W]`` booleans: the top ``fraction`` of each map's pixels, most salient first.
 
-    Ties keep row-major order (``argsort(stable=True)``), so a constant map
-    removes pixels line by line from the top.
+    Equal values are taken in a random (seeded) order: the map says nothing
+    about their order, and a fixed one (say, line by line from the top) would
+    be a removal pattern of its own. Grad-CAM's ReLU leaves many exact zeros;
+    a constant map is removed like the random map.
     """
     n, height, width = maps.shape
-    order = maps.detach().float().flatten(1).argsort(dim=1, descending=True, stable=True)
+    flat = maps.detach().float().flatten(1).cpu()
+    shuffle = torch.rand(flat.shape, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
+    order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(height * width).expand(n, -1).contiguous())
     counts = (fractions * height * width).round().long()
@@ -170,6 +174,7 @@ def deletion_curve(
     steps: int = 16,
     mode: str = "delete",
     fill: Tensor | float | str | None = "blur",
+    seed: int = 0,
 ) -> Tensor:
     """Probability of the target class as pixels are removed (or revealed), most salient first.
 
@@ -192,6 +197,7 @@ def deletion_curve(
             in training, and on the CIFAR-10 CNN they destroy the prediction
             faster than any real evidence does, so a random map "wins"
             deletion (see docs/pictures.md).
+        seed: Seeds the order of equally salient pixels (see :func:`removal_masks`).
 
     Returns:
         ``[N, steps + 1]`` probabilities on the CPU.
@@ -202,7 +208,7 @@ def deletion_curve(
     with attribution_mode(model), torch.no_grad():
         x = prepare_inputs(images, model)
         target = _targets(model, x, targets)
-        masks = removal_masks(maps, fractions).to(x.device)[:, :, None]  # [N, S, 1, H, W]
+        masks = removal_masks(maps, fractions, seed).to(x.device)[:, :, None]  # [N, S, 1, H, W]
         canvas = _fill_like(x, fill)[:, None]
         clean = x[:, None]
         perturbed = torch.where(masks, canvas, clean) if mode == "delete" else torch.where(masks, clean, canvas)
@@ -288,7 +294,7 @@ def road_curve(
         model, images, maps, targets, fill: As in :func:`deletion_curve`.
         steps: Curve points after the first; point ``k`` has ``k / steps`` removed.
         noise: Imputation noise (see :func:`linear_impute`).
-        seed: Seeds the noise, so a score is the same on every call.
+        seed: Seeds the noise and the order of equal pixels, so a score is the same on every call.
 
     Returns:
         ``[N, steps + 1]`` probabilities of the target class, on the CPU.
@@ -297,7 +303,7 @@ def road_curve(
     with attribution_mode(model), torch.no_grad():
         x = prepare_inputs(images, model)
         target = _targets(model, x, targets)
-        masks = removal_masks(maps, fractions).to(x.device)  # [N, S, H, W]
+        masks = removal_masks(maps, fractions, seed).to(x.device)  # [N, S, H, W]
         n, s = masks.shape[:2]
         repeated = x[:, None].expand(-1, s, -1, -1, -1).reshape(n * s, *x.shape[1:])
         generator = torch.Generator().manual_seed(seed)
@@ -485,7 +491,7 @@ def faithfulness_scores(
         fill: Removed-pixel value (see :func:`deletion_curve`); pass the
             dataset's mean.
         randomize_layers: Top layers re-initialised for the sanity check (0: no check).
-        seed: Seeds the random map, ROAD's noise and the re-initialised weights.
+        seed: Seeds the random map, the order of equal pixels, ROAD's noise and the re-initialised weights.
 
     Returns:
         A :class:`FaithfulnessResult`; methods are the map names of
@@ -502,8 +508,8 @@ def faithfulness_scores(
     baselines = {"random": random_map(count, size, torch.Generator().manual_seed(seed)), "centre": centre_map(count, size)}
     result = FaithfulnessResult()
     runs = {
-        "deletion": lambda m: deletion_curve(model, x, m, targets, steps, "delete", fill),
-        "insertion": lambda m: deletion_curve(model, x, m, targets, steps, "insert", fill),
+        "deletion": lambda m: deletion_curve(model, x, m, targets, steps, "delete", fill, seed),
+        "insertion": lambda m: deletion_curve(model, x, m, targets, steps, "insert", fill, seed),
     }
     if road_steps > 0:
         runs["road"] = lambda m: road_curve(model, x, m, targets, road_steps, fill, seed=seed)
