@@ -224,7 +224,9 @@ def test_scores_reach_tensorboard_each_epoch_and_match_a_recomputation(scored):
 
     # The images: the first validation image of each class, kept for a resume.
     assert callback.images.shape == (3, 3, 32, 32) and callback.images.dtype == torch.uint8
-    assert torch.equal(callback.state_dict()["images"], callback.images)
+    resumed = FaithfulnessScores(["conv1", "conv3"])
+    resumed.load_state_dict(callback.state_dict())
+    assert torch.equal(resumed.images, callback.images)
     # The last logged values are the scores of the final model on those images.
     again = faithfulness_scores(
         model, callback.images.float().div(255), ["conv1", "conv3"], layer_root=model.net, steps=8, road_steps=4

@@ -560,9 +560,9 @@ def _probabilities(model: nn.Module, perturbed: Tensor, targets: Tensor) -> Tens
 def summary_rows(result: FaithfulnessResult, confidence: float = 0.95, seed: int = 0) -> list[dict[str, object]]:
     """One row per method: each metric's mean over images and its bootstrap interval, for a table.
 
-    Besides the metrics, ``deletion_vs_random`` and ``insertion_vs_random`` are
-    the mean paired difference to the random map on the same images, with its
-    interval: an interval that excludes 0 says the map beats chance on these
+    Besides the metrics, ``deletion_vs_random``, ``insertion_vs_random`` and
+    ``road_vs_random`` are the mean paired difference to the random map on the
+    same images, with its interval: an interval that excludes 0 says the map beats chance on these
     images. ``flagged`` marks a map that survives randomisation (see
     :data:`SANITY_LIMIT`) or is constant.
 
@@ -577,7 +577,7 @@ def summary_rows(result: FaithfulnessResult, confidence: float = 0.95, seed: int
         row: dict[str, object] = {"method": method}
         for metric, by_method in result.scores.items():
             row.update(_mean_and_interval(metric, by_method.get(method), confidence, seed))
-        for curve in ("deletion", "insertion"):
+        for curve in (c for c in CURVES if f"{c}_auc" in result.scores):
             values = result.scores[f"{curve}_auc"]
             difference = values[method] - values["random"] if method != "random" else None
             row.update(_mean_and_interval(f"{curve}_vs_random", difference, confidence, seed))
@@ -597,7 +597,7 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     """The rows of :func:`summary_rows` as a Markdown table, ``mean [low, high]`` per cell."""
-    columns = [*(m for m in METRICS if m in rows[0]), "deletion_vs_random", "insertion_vs_random"]
+    columns = [*(m for m in METRICS if m in rows[0]), *(f"{c}_vs_random" for c in CURVES if f"{c}_vs_random" in rows[0])]
     lines = [
         "| method | " + " | ".join(columns) + " | flagged |",
         "| --- |" + " --- |" * (len(columns) + 1),
