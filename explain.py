@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))
-    print(f"Wrote {len(written)} pictures to {args.out}/", file=sys.stderr)
+    print(f"Wrote {len(written)} files to {args.out}/", file=sys.stderr)
     return 0
 
 

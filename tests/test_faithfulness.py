@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -242,15 +243,13 @@ def test_scoring_leaves_training_untouched(scored):
     assert scored_model.training == plain_model.training
 
 
-def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp_path):
+def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp_path, capsys):
     trainer = scored["scored"][0]
     ckpt = next(Path(trainer.log_dir).rglob("*.ckpt"))
     images = tmp_path / "images"
     for i, name in enumerate(["bird", "cat", "ship", "bird"]):
         (images / name).mkdir(parents=True, exist_ok=True)
         pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(i)).mul(255).byte().numpy()
-        from PIL import Image
-
         Image.fromarray(pixels).save(images / name / f"{i}.png")
     out = tmp_path / "out"
     written = explain.explain(
@@ -269,5 +268,11 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     (images / "cat" / "1.png").rename(one / "cat" / "1.png")
-    with pytest.raises(explain.ExplainError, match="at least 2 images"):
-        explain.explain(ckpt, tmp_path / "out1", one, ["conv3"], "lightning_modules.CNNClassifier", faithfulness=True)
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main([
+            "--ckpt", str(ckpt), "--images", str(one), "--out", str(tmp_path / "out1"), "--layers", "conv3",
+            "--model-class", "lightning_modules.CNNClassifier", "--faithfulness",
+        ])
+    assert exit_info.value.code == 2
+    assert "--faithfulness needs at least 2 images" in capsys.readouterr().err
+    assert not (tmp_path / "out1").exists()  # a failed start writes nothing
