@@ -53,7 +53,7 @@ from visualization.attributions import (
     prepare_inputs,
     resolve_layers,
 )
-from visualization.pictures import attention_gates
+from visualization.pictures import INPUT_METHODS, attention_gates
 
 __all__ = [
     "BASELINES",
@@ -442,7 +442,13 @@ def saliency_maps(
 
     Returns:
         ``{"gradcam_<layer>": ..., <method>: ..., "attention_<gate block>": ...}``, on the CPU.
+
+    Raises:
+        ValueError: An unknown method.
     """
+    unknown = [m for m in methods if m not in INPUT_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
     size = tuple(images.shape[-2:])
     maps = {f"gradcam_{name}": cam for name, cam in gradcam(model, images, targets, layers).items()}
     last = list(layers.values())[-1]
@@ -466,7 +472,7 @@ def faithfulness_scores(
     images: Tensor,
     layers: Sequence[str],
     layer_root: nn.Module | None = None,
-    methods: Sequence[str] = ("guided_backprop", "deconvolution", "guided_gradcam"),
+    methods: Sequence[str] = INPUT_METHODS,
     attention: bool = True,
     steps: int = 16,
     road_steps: int = 8,
@@ -488,8 +494,8 @@ def faithfulness_scores(
         attention: Score CBAM spatial gates where the model has them.
         steps: Points of the deletion and insertion curves after the first.
         road_steps: Points of the ROAD curve after the first (0: no ROAD).
-        fill: Removed-pixel value (see :func:`deletion_curve`); pass the
-            dataset's mean.
+        fill: What a removed pixel becomes (see :func:`deletion_curve`):
+            the blurred image by default, or a value per channel.
         randomize_layers: Top layers re-initialised for the sanity check (0: no check).
         seed: Seeds the random map, the order of equal pixels, ROAD's noise and the re-initialised weights.
 
