@@ -1,7 +1,7 @@
 """The training-time pictures for a saved checkpoint and your own images, as PNG files.
 
     python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
-        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8]
+        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8] [--faithfulness]
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
 plain values only, so a file someone sent you cannot run code when explained.
@@ -16,6 +16,10 @@ after a class get that class as their true label, loose files none. Images of
 another size are resized to the model's input size. ``--mistakes N`` adds
 ``mistakes.png``: the N labelled images the model got wrong most confidently,
 each with Grad-CAM of the last layer for the predicted and for the true class.
+``--faithfulness`` adds ``faithfulness.md`` and ``faithfulness.csv`` (how well
+each map's pixels explain the prediction: deletion, insertion and ROAD areas
+against a random and a centre map, and the model-randomisation check, with
+bootstrap intervals over the images) and ``faithfulness_curves.png``.
 
 The model class, the layers and the class names come from the run itself: the
 ``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the class
@@ -27,6 +31,7 @@ them for checkpoints from elsewhere. The pictures are those of
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import pickle
 import re
@@ -43,6 +48,8 @@ from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
 from user_input import UserInputError
 from visualization.attributions import attribution_mode, prepare_inputs
+from visualization.faithfulness import SANITY_LIMIT, faithfulness_scores, markdown_table, summary_rows
+from visualization.figures import faithfulness_curves_figure, figure_to_image
 from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
@@ -140,6 +147,7 @@ def explain(
     device: str = "cpu",
     trust: bool = False,
     mistakes: int = 0,
+    faithfulness: bool = False,
 ) -> list[Path]:
     """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files.
 
@@ -147,6 +155,8 @@ def explain(
     ``mistakes`` > 0 also writes ``mistakes.png``: that many of the labelled
     images the model got wrong most confidently, with Grad-CAM of the last
     layer for the predicted and the true class (the ``mistakes/*`` picture of training).
+    ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv`` and
+    ``faithfulness_curves.png`` (see ``write_faithfulness``).
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
     layers = list(layers or configured_layers(run_config(ckpt)) or [])
@@ -167,6 +177,11 @@ def explain(
             f"{ckpt} holds no probe images (its run had no InterpretabilityDumps callback).\n"
             "HINT: pass --images a folder of PNG/JPEG files."
         )
+    if faithfulness and len(pixels) < 2:
+        raise ExplainError(
+            f"--faithfulness needs at least 2 images for its bootstrap intervals, got {len(pixels)}.\n"
+            "HINT: pass --images a folder with more images (a few hundred give intervals worth reading)."
+        )
     out.mkdir(parents=True, exist_ok=True)
     pages = range(0, len(pixels), PAGE_SIZE)
     written = []
@@ -183,7 +198,35 @@ def explain(
             written.append(path)
     if mistakes > 0:
         written += write_mistakes(model, pixels, labels, classes, layers[-1], mistakes, out)
+    if faithfulness:
+        written += write_faithfulness(model, pixels, layers, out)
     return written
+
+
+def write_faithfulness(model: ImageClassifier, pixels: torch.Tensor, layers: list[str], out: Path) -> list[Path]:
+    """``faithfulness.md``/``.csv`` (the scores of every map, 95 % bootstrap intervals) and ``faithfulness_curves.png``.
+
+    The scores are those the ``FaithfulnessScores`` callback logs, over all the
+    images at once and with finer curves (16 deletion/insertion steps, 8 ROAD steps).
+    """
+    result = faithfulness_scores(model, pixels.float().div(255), layers, layer_root=model.net)
+    rows = summary_rows(result)
+    table = out / "faithfulness.md"
+    table.write_text(
+        f"Faithfulness of the saliency maps over {len(pixels)} images, 95 % bootstrap intervals over images. "
+        "Deletion and ROAD: lower is better; insertion: higher. `*_vs_random`: the paired difference to the "
+        f"random map. `randomization_spearman`: rank correlation with the map after re-initialising "
+        f"{', '.join(result.randomized)}; `flagged`: at least {SANITY_LIMIT} (or constant), the map hardly "
+        "depends on the weights.\n\n" + markdown_table(rows)
+    )
+    csv_path = out / "faithfulness.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figure = out / "faithfulness_curves.png"
+    Image.fromarray(figure_to_image(faithfulness_curves_figure(result.curves))).save(figure)
+    return [table, csv_path, figure]
 
 
 def write_mistakes(
@@ -226,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mistakes", type=int, default=0, metavar="N",
         help="also write mistakes.png: the N labelled images the model got wrong most confidently, with Grad-CAM",
     )
+    parser.add_argument(
+        "--faithfulness", action="store_true",
+        help="also score every map (deletion, insertion, ROAD, randomisation check): faithfulness.md/.csv/_curves.png",
+    )
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
         parser.error(
@@ -236,11 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = explain(
             args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint,
-            args.mistakes,
+            args.mistakes, args.faithfulness,
         )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))
-    print(f"Wrote {len(written)} pictures to {args.out}/", file=sys.stderr)
+    print(f"Wrote {len(written)} files to {args.out}/", file=sys.stderr)
     return 0
 
 

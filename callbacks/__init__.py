@@ -1,6 +1,7 @@
 """Cross-cutting training behaviour: side effects only, resumable state in ``state_dict``."""
 
 from callbacks.evaluation_pictures import ConfusionMatrixPlot, MistakeGallery
+from callbacks.faithfulness import FaithfulnessScores
 from callbacks.fault_tolerance import AtomicCheckpointIO, LastCheckpoint, StopOnNonFiniteLoss
 from callbacks.interpretability import InterpretabilityDumps
 from callbacks.loss_plots import LossPlots
@@ -14,6 +15,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "ConfusionMatrixPlot",
     "DeferredRequeue",
+    "FaithfulnessScores",
     "InterpretabilityDumps",
     "LastCheckpoint",
     "LossPlots",

@@ -23,7 +23,7 @@ from callbacks.picture_log import image_writers, log_picture, picture_dir
 from visualization.attributions import resolve_layers
 from visualization.pictures import INPUT_METHODS, render_pictures
 
-__all__ = ["InterpretabilityDumps", "select_probes"]
+__all__ = ["InterpretabilityDumps", "ProbeSchedule", "select_probes"]
 
 
 def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +74,74 @@ def _as_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class InterpretabilityDumps(L.Callback):
+class ProbeSchedule(L.Callback):
+    """When the probe callbacks run, and the layer check they share; subclasses implement ``_dump``.
+
+    During ``fit``: at the end of every ``every_n_epochs``-th training epoch
+    (after its validation) and at the end of fit unless that step was just
+    done; never in the sanity check (``_dump`` checks). Under ``validate``,
+    ``test`` and ``predict``: once at the end of the loop. ``setup`` resolves
+    ``layers`` in the model's ``net``, so a misspelt name fails before training.
+
+    Args:
+        layers: Dotted layer names in the model's ``net``, low to high.
+        every_n_epochs: Run every this many training epochs.
+        methods: Input-resolution methods beside Grad-CAM, a subset of :data:`INPUT_METHODS`.
+    """
+
+    def __init__(self, layers: Sequence[str], every_n_epochs: int = 1, methods: Sequence[str] = INPUT_METHODS) -> None:
+        if isinstance(layers, str) or not layers:
+            raise ValueError(
+                f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
+            )
+        self.require_at_least(1, every_n_epochs=every_n_epochs)
+        unknown = sorted(set(methods) - set(INPUT_METHODS))
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+        self.layers = list(layers)
+        self.every_n_epochs = every_n_epochs
+        self.methods = list(methods)
+        self.last_step: int | None = None
+
+    @staticmethod
+    def require_at_least(minimum: int, **counts: int) -> None:
+        """Raise ``ValueError`` naming the first count below ``minimum``."""
+        for name, value in counts.items():
+            if value < minimum:
+                raise ValueError(f"{name}={value} must be at least {minimum}.\nHINT: e.g. {name}: {max(minimum, 1)}.")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        resolve_layers(_net(pl_module), self.layers)  # a misspelt layer fails now, not after an epoch
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_step != trainer.global_step:
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
+            self._dump(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._dump(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._dump(trainer, pl_module)
+
+    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+
+class InterpretabilityDumps(ProbeSchedule):
     """Draw Grad-CAM, input-gradient methods, feature maps and attention for fixed probe images.
 
     When: during ``fit``, at the end of every ``every_n_epochs``-th training
@@ -134,26 +201,11 @@ class InterpretabilityDumps(L.Callback):
         attention: bool = True,
         save_png: bool = False,
     ) -> None:
-        if isinstance(layers, str) or not layers:
-            raise ValueError(
-                f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
-            )
-        counts = {
-            "every_n_epochs": every_n_epochs,
-            "probes_per_class": probes_per_class,
-            "feature_top_k": feature_top_k,
-            "feature_images": feature_images,
-        }
-        for name, value in counts.items():
-            if value < 1:
-                raise ValueError(f"{name}={value} must be at least 1.\nHINT: e.g. {name}: 1.")
-        unknown = sorted(set(methods) - set(INPUT_METHODS))
-        if unknown:
-            raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
-        self.layers = list(layers)
-        self.every_n_epochs = every_n_epochs
+        super().__init__(layers, every_n_epochs, methods)
+        self.require_at_least(
+            1, probes_per_class=probes_per_class, feature_top_k=feature_top_k, feature_images=feature_images
+        )
         self.probes_per_class = probes_per_class
-        self.methods = list(methods)
         self.feature_top_k = feature_top_k
         self.feature_images = feature_images
         self.attention = attention
@@ -161,34 +213,6 @@ class InterpretabilityDumps(L.Callback):
         self.probe_images: torch.Tensor | None = None
         self.probe_labels: torch.Tensor | None = None
         self.classes: list[str] | None = None
-        self.last_step: int | None = None
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        resolve_layers(_net(pl_module), self.layers)  # a misspelt layer fails now, not after an epoch
-
-    @override
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.last_step != trainer.global_step:
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
-
-    @override
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -203,6 +227,7 @@ class InterpretabilityDumps(L.Callback):
             self.probe_labels = state_dict["probe_labels"]
             self.classes = list(state_dict["classes"])
 
+    @override
     def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return

@@ -1,4 +1,4 @@
-"""Where the pictures of a run go: TensorBoard image tags and PNG files in the run's folder.
+"""Where the pictures of a run go: TensorBoard image tags and PNG files in the run's folder (and scores: scalars).
 
 Shared by the loss-plot and interpretability callbacks, so both tolerate the same
 set-ups: no logger at all (``fast_dev_run`` disables loggers), a logger without
@@ -14,12 +14,17 @@ import numpy as np
 from lightning.pytorch.loggers.logger import DummyLogger
 from PIL import Image
 
-__all__ = ["image_writers", "log_picture", "picture_dir"]
+__all__ = ["image_writers", "log_picture", "picture_dir", "scalar_loggers"]
 
 
 def image_writers(trainer: L.Trainer) -> list:
     """The ``experiment`` objects of the loggers that take images (TensorBoard's SummaryWriter)."""
     return [logger.experiment for logger in _real_loggers(trainer) if hasattr(logger.experiment, "add_image")]
+
+
+def scalar_loggers(trainer: L.Trainer) -> list:
+    """The loggers that take scalars through ``log_metrics`` (all real ones: TensorBoard, CSV, ...)."""
+    return _real_loggers(trainer)
 
 
 def picture_dir(trainer: L.Trainer, name: str) -> Path | None:

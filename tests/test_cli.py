@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn import functional as F
 
 from tests.conftest import CONFIGS, REPO
@@ -49,7 +50,7 @@ def picture_callbacks(config: Path) -> dict[str, dict]:
     """``{callback class name: init_args}`` of the config's picture callbacks."""
     callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
     found = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in callbacks}
-    drawing = ("LossPlots", "InterpretabilityDumps", "ConfusionMatrixPlot", "MistakeGallery")
+    drawing = ("LossPlots", "InterpretabilityDumps", "ConfusionMatrixPlot", "MistakeGallery", "FaithfulnessScores")
     return {name: args for name, args in found.items() if name in drawing}
 
 
@@ -83,6 +84,15 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
         assert all([step for step, _ in drawn[tag]] == [fit.trainer.global_step] for tag in tags)
         written = Path(test.trainer.log_dir) / "pictures/test"
         assert all((written / f"{tag.replace('/', '_')}.png").is_file() for tag in tags)
+    if "FaithfulnessScores" in pictures:
+        scores = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        scores.Reload()
+        last_layer = pictures["FaithfulnessScores"]["layers"][-1]
+        for tag in (f"faithfulness/deletion_auc/gradcam_{last_layer}", "faithfulness/insertion_auc/random",
+                    f"faithfulness/randomization_spearman/gradcam_{last_layer}"):
+            assert [event.step for event in scores.Scalars(tag)] == [fit.trainer.global_step], tag
+        if "cbam" in config.stem:  # the CBAM spatial gates are scored too
+            assert "faithfulness/deletion_auc/attention_cbam.layer4.spatial" in scores.Tags()["scalars"]
     if "ConfusionMatrixPlot" in pictures:
         assert [step for step, _ in drawn["confusion_matrix/val"]] == [fit.trainer.global_step]
         assert (Path(test.trainer.log_dir) / "pictures/test/confusion_matrix_test.png").is_file()

@@ -41,6 +41,7 @@ __all__ = [
     "channel_gates_figure",
     "confusion_matrix_figure",
     "epoch_curves_figure",
+    "faithfulness_curves_figure",
     "feature_maps_grid",
     "figure_to_image",
     "gradcam_grid",
@@ -513,6 +514,42 @@ def channel_gates_figure(channel_weights: Mapping[str, Tensor]) -> Figure:
         ax.set_xlabel("channel", fontsize=7)
         ax.tick_params(labelsize=6)
         fig.colorbar(strip, ax=ax, fraction=0.02, pad=0.01)
+    fig.tight_layout()
+    return fig
+
+
+def faithfulness_curves_figure(curves: Mapping[str, Mapping[str, Tensor]]) -> Figure:
+    """Deletion, insertion and ROAD curves of every map side by side, one panel per curve.
+
+    The model's maps are solid lines; the baselines ``random`` and ``centre``
+    dashed grey and dotted black, so a map that does no better than them is
+    seen at a glance. The legend gives each curve's area.
+
+    Args:
+        curves: ``{curve: {method: [S] mean probability}}`` (``FaithfulnessResult.curves``);
+            point ``k`` of ``S`` has ``k / (S - 1)`` of the pixels removed or revealed.
+
+    Returns:
+        The figure.
+    """
+    baseline_style = {"random": {"color": "grey", "ls": "--"}, "centre": {"color": "black", "ls": ":"}}
+    fig = _new_figure(4.2 * max(len(curves), 1), 3.6)
+    for i, (curve, by_method) in enumerate(curves.items(), start=1):
+        ax = fig.add_subplot(1, len(curves), i)
+        for method, values in by_method.items():
+            y = values.detach().float().cpu().numpy()
+            x = np.linspace(0, 1, len(y))
+            area = float((y[:-1] + y[1:]).sum() / 2 / (len(y) - 1))  # trapezoid rule on equal steps
+            style = baseline_style.get(method, {"lw": 1.4})
+            ax.plot(x, y, label=f"{method} ({area:.2f})", **style)
+        removed = "revealed" if curve == "insertion" else "removed"
+        ax.set_xlabel(f"share of pixels {removed}, most salient first")
+        ax.set_ylabel("probability of the predicted class")
+        ax.set_ylim(0, 1)
+        better = "higher" if curve == "insertion" else "lower"
+        ax.set_title(f"{curve} (area: {better} is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,278 @@
+"""Faithfulness scores: right on models whose answer is known, and in TensorBoard for a real run."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+import explain
+from callbacks import FaithfulnessScores
+from lightning_modules.cnn import CNN, CNNClassifier
+from tests.pictures_helpers import tensorboard_images, tiny_datamodule, tiny_trainer
+from visualization.faithfulness import (
+    METRICS,
+    auc,
+    bootstrap_interval,
+    centre_map,
+    deletion_curve,
+    faithfulness_scores,
+    linear_impute,
+    random_map,
+    randomized_top_layers,
+    rank_correlation,
+)
+
+SIZE = 32
+PATCH = (slice(0, 8), slice(0, 8))  # the top-left 8x8 pixels: 1/16 of the image
+GAIN = 10.0  # logit per unit of the patch's mean brightness
+
+
+class ReadsOnePatch(nn.Module):
+    """Two classes; class 0's logit is GAIN * (mean of the top-left patch - 0.5), class 1's is 0.
+
+    The 1x1 conv is the identity and the ReLU passes [0, 1] images unchanged:
+    they are there for the attribution methods to hook.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3)[:, :, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patch = self.relu(self.conv(x))[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3))
+        return torch.stack([GAIN * (patch - 0.5), torch.zeros_like(patch)], dim=1)
+
+
+class IgnoresTheInput(nn.Module):
+    """A conv whose output is multiplied by 0 before a linear layer: the logits are the bias alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.conv(x)).mean(dim=(2, 3)) * 0)
+
+
+def patch_images(count: int = 6) -> torch.Tensor:
+    """Noise in [0, 0.6] with the patch at 0.9: class 0 with probability sigmoid(4)."""
+    images = torch.rand(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.6
+    images[:, :, PATCH[0], PATCH[1]] = 0.9
+    return images
+
+
+def patch_map(count: int) -> torch.Tensor:
+    maps = torch.zeros(count, SIZE, SIZE)
+    maps[:, PATCH[0], PATCH[1]] = 1
+    return maps
+
+
+def far_corner_map(count: int) -> torch.Tensor:
+    """Highest at the bottom-right corner, falling with the distance from it: the patch comes last."""
+    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    return (rows + cols).float().expand(count, -1, -1).clone()
+
+
+def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselines():
+    model, images = ReadsOnePatch(), patch_images()
+    n, sigmoid = len(images), lambda v: 1 / (1 + math.exp(-v))
+    on, off = sigmoid(GAIN * (0.9 - 0.5)), sigmoid(GAIN * (0.0 - 0.5))  # patch at 0.9, or removed (fill 0)
+    # 16 steps of 64 pixels: the first step removes exactly the patch, the rest changes nothing.
+    deletion = deletion_curve(model, images, patch_map(n), steps=16, mode="delete", fill=0.0)
+    insertion = deletion_curve(model, images, patch_map(n), steps=16, mode="insert", fill=0.0)
+    torch.testing.assert_close(deletion, torch.tensor([on] + [off] * 16).expand(n, -1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(insertion, torch.tensor([off] + [on] * 16).expand(n, -1), rtol=0, atol=1e-6)
+
+    maps = {
+        "patch": patch_map(n),
+        "random": random_map(n, (SIZE, SIZE), torch.Generator().manual_seed(0)),
+        "centre": centre_map(n, (SIZE, SIZE)),
+        "elsewhere": far_corner_map(n),
+    }
+    areas = {
+        mode: {name: auc(deletion_curve(model, images, m, steps=16, mode=mode, fill=0.0)) for name, m in maps.items()}
+        for mode in ("delete", "insert")
+    }
+    for baseline in ("random", "centre", "elsewhere"):
+        assert (areas["delete"]["patch"] < areas["delete"][baseline]).all(), areas
+        assert (areas["insert"]["patch"] > areas["insert"][baseline]).all(), areas
+    # A map away from the evidence does no better than chance: the patch goes last.
+    assert (areas["delete"]["elsewhere"] > areas["delete"]["random"]).all(), areas
+    assert (areas["insert"]["elsewhere"] < areas["insert"]["random"]).all(), areas
+
+
+def test_gradient_maps_of_the_patch_model_point_at_the_patch_end_to_end():
+    model, images = ReadsOnePatch(), patch_images()
+    result = faithfulness_scores(model, images, ["conv"], randomize_layers=0)
+    for method in ("guided_backprop", "deconvolution"):
+        for baseline in ("random", "centre"):
+            assert (result.scores["deletion_auc"][method] < result.scores["deletion_auc"][baseline]).all()
+            assert (result.scores["insertion_auc"][method] > result.scores["insertion_auc"][baseline]).all()
+            assert (result.scores["road_auc"][method] < result.scores["road_auc"][baseline]).all()
+
+
+def test_a_model_that_ignores_the_input_scores_as_unfaithful():
+    model, images = IgnoresTheInput(), patch_images()
+    probability = model(images).softmax(dim=1).max(dim=1).values
+    result = faithfulness_scores(model, images, ["conv"], steps=4, road_steps=4)
+    # Every curve of every map, baselines included, is flat at the clean probability: no map explains anything.
+    for metric in ("deletion_auc", "insertion_auc", "road_auc"):
+        for method, values in result.scores[metric].items():
+            torch.testing.assert_close(values, probability, msg=f"{metric}/{method}")
+    # The model's maps are constant (zero gradients), so the randomisation check has nothing to rank.
+    spearman = result.scores["randomization_spearman"]
+    assert set(spearman) == {"gradcam_conv", "guided_backprop", "deconvolution", "guided_gradcam"}
+    assert all(values.isnan().all() for values in spearman.values())
+    assert sorted(result.flagged()) == sorted(spearman)
+
+
+def test_road_imputation_continues_a_linear_ramp_into_a_hole():
+    rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    ramp = torch.stack([0.02 * rows + 0.01 * cols, 0.5 - 0.01 * rows, 0.03 * cols])[None]
+    hole = torch.zeros(1, 16, 16, dtype=torch.bool)
+    hole[0, 4:12, 3:10] = True
+    # The weighted mean of the 8 neighbours of a linear function is its value: the ramp solves the system.
+    imputed = linear_impute(ramp + 7 * hole[:, None], hole, fill=0.0)
+    torch.testing.assert_close(imputed, ramp, rtol=0, atol=2e-3)
+    # With nothing left to go on, the pixels tend to the fill.
+    everything = linear_impute(ramp, torch.ones_like(hole), fill=torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(everything, torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand_as(ramp))
+    noisy = linear_impute(ramp, hole, noise=0.01, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[:, :, ~hole[0]], ramp[:, :, ~hole[0]])
+    assert 0.005 < (noisy - ramp)[:, :, hole[0]].std() < 0.02
+
+
+def test_rank_correlation_matches_hand_counts():
+    base = torch.tensor([[1.0, 2, 3, 4, 5]])
+    swapped = torch.tensor([[2.0, 1, 4, 3, 5]])  # d^2 sums to 4: 1 - 6 * 4 / (5 * 24) = 0.8
+    maps_a = torch.cat([base, base, base, base])
+    maps_b = torch.cat([base.exp(), -base, swapped, torch.ones_like(base)])
+    rho = rank_correlation(maps_a, maps_b)
+    torch.testing.assert_close(rho[:3], torch.tensor([1.0, -1.0, 0.8]))
+    assert rho[3].isnan()
+
+
+def test_bootstrap_interval_of_a_hand_counted_case():
+    assert bootstrap_interval(torch.full((10,), 0.25)) == pytest.approx((0.25, 0.25))
+    # Means of two draws from {0, 1}: 0, 0.5 or 1 with chances 1/4, 1/2, 1/4; the 2.5 % and 97.5 % quantiles are 0 and 1.
+    assert bootstrap_interval(torch.tensor([0.0, 1.0])) == (0.0, 1.0)
+    assert bootstrap_interval(torch.tensor([0.0, 1.0]), confidence=0.4) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_interval(torch.tensor([1.0, math.nan]))
+
+
+def test_randomizing_the_top_layer_changes_only_it_and_restores_it():
+    torch.manual_seed(0)
+    net = CNN(3, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = list(net.parameters())
+    rng = torch.get_rng_state()
+    with randomized_top_layers(net, 1, seed=3) as names:
+        inside = {k: v.clone() for k, v in net.state_dict().items()}
+    with randomized_top_layers(net, 2, seed=3) as two:
+        again = net.classifier[4].weight.clone()
+    assert names == ["classifier.4"] and two == ["classifier.4", "classifier.1"]
+    changed = {k for k in before if not torch.equal(before[k], inside[k])}
+    assert changed == {"classifier.4.weight", "classifier.4.bias"}
+    assert torch.equal(again, inside["classifier.4.weight"])  # the same seed, the same weights
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p is q for p, q in zip(params, net.parameters())) and torch.equal(rng, torch.get_rng_state())
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_data, tmp_path_factory):
+    """Two epochs of the CNN on 3 classes, scored every epoch, and the same run without the callback."""
+    runs = {}
+    for name, callbacks in {"scored": [FaithfulnessScores(["conv1", "conv3"], every_n_epochs=1)], "plain": []}.items():
+        L.seed_everything(0)
+        model = CNNClassifier(num_classes=3)
+        trainer = tiny_trainer(tmp_path_factory.mktemp(name), callbacks)
+        trainer.fit(model, tiny_datamodule(tiny_data))
+        runs[name] = (trainer, model)
+    return runs
+
+
+def test_scores_reach_tensorboard_each_epoch_and_match_a_recomputation(scored):
+    trainer, model = scored["scored"]
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, FaithfulnessScores)]
+    scalars = _scalars(Path(trainer.log_dir))
+    methods = ["gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam"]
+    expected = {f"faithfulness/{metric}/{method}" for metric in METRICS for method in methods}
+    expected |= {f"faithfulness/{metric}/{baseline}" for metric in METRICS[:3] for baseline in ("random", "centre")}
+    assert {tag for tag in scalars if tag.startswith("faithfulness/")} == expected
+    assert all([step for step, _ in scalars[tag]] == [4, 8] for tag in expected)
+    assert [step for step, _ in tensorboard_images(Path(trainer.log_dir))["faithfulness/curves"]] == [4, 8]
+
+    # The images: the first validation image of each class, kept for a resume.
+    assert callback.images.shape == (3, 3, 32, 32) and callback.images.dtype == torch.uint8
+    resumed = FaithfulnessScores(["conv1", "conv3"])
+    resumed.load_state_dict(callback.state_dict())
+    assert torch.equal(resumed.images, callback.images)
+    # The last logged values are the scores of the final model on those images.
+    again = faithfulness_scores(
+        model, callback.images.float().div(255), ["conv1", "conv3"], layer_root=model.net, steps=8, road_steps=4
+    ).means()
+    for tag in expected:
+        assert scalars[tag][-1][1] == pytest.approx(again[tag], abs=1e-5, nan_ok=True), tag
+
+
+def test_scoring_leaves_training_untouched(scored):
+    scored_model, plain_model = scored["scored"][1], scored["plain"][1]
+    for (name, a), b in zip(scored_model.state_dict().items(), plain_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert scored_model.training == plain_model.training
+
+
+def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp_path, capsys):
+    trainer = scored["scored"][0]
+    ckpt = next(Path(trainer.log_dir).rglob("*.ckpt"))
+    images = tmp_path / "images"
+    for i, name in enumerate(["bird", "cat", "ship", "bird"]):
+        (images / name).mkdir(parents=True, exist_ok=True)
+        pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(i)).mul(255).byte().numpy()
+        Image.fromarray(pixels).save(images / name / f"{i}.png")
+    out = tmp_path / "out"
+    written = explain.explain(
+        ckpt, out, images, ["conv1", "conv3"], "lightning_modules.CNNClassifier", faithfulness=True
+    )
+    assert {out / "faithfulness.md", out / "faithfulness.csv", out / "faithfulness_curves.png"} <= set(written)
+    with (out / "faithfulness.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == [
+        "gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam", "random", "centre"
+    ]
+    assert 0 <= float(rows["gradcam_conv3"]["deletion_auc"]) <= 1
+    assert float(rows["gradcam_conv3"]["deletion_auc_low"]) <= float(rows["gradcam_conv3"]["deletion_auc_high"])
+    assert "| gradcam_conv3 |" in (out / "faithfulness.md").read_text()
+
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    (images / "cat" / "1.png").rename(one / "cat" / "1.png")
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main([
+            "--ckpt", str(ckpt), "--images", str(one), "--out", str(tmp_path / "out1"), "--layers", "conv3",
+            "--model-class", "lightning_modules.CNNClassifier", "--faithfulness",
+        ])
+    assert exit_info.value.code == 2
+    assert "--faithfulness needs at least 2 images" in capsys.readouterr().err
+    assert not (tmp_path / "out1").exists()  # a failed start writes nothing
