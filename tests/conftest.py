@@ -13,9 +13,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
-# Keep CPU tests from oversubscribing the 2-core CI machine, and give in-process runs the threads that
-# the subprocesses they are compared with get: results are bit-identical only at equal thread counts.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep CPU tests from oversubscribing the cores, which pytest-xdist's workers share (-n), and give
+# in-process runs the threads that the subprocesses they are compared with get: results are
+# bit-identical only at equal thread counts. At most 2: tiny models gain nothing from more.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // _WORKERS))))
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
