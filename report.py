@@ -17,7 +17,7 @@ at any time: each ``<logdir>/<config>/version_N`` folder's TensorBoard events
 ``val/acc_per_class/<class>`` / ``test/acc_per_class/<class>`` where a run
 logged them) and the ``run.json`` that
 ``callbacks.RunRecorder`` wrote (parameters, seed, hardware, versions). Runs of
-one config are grouped; the newest run of each seed counts once, and the table
+one config (one ``<config>`` folder, so moving a run regroups it) are grouped; the newest run of each seed counts once, and the table
 shows mean ± sample standard deviation over seeds. A run whose fit did not end
 is listed as skipped, not averaged in.
 
@@ -200,7 +200,7 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     test_events = next((events for events in reversed(evaluations) if _scalars(events, "test/acc")), accumulator)
     inference = _scalars(accumulator, "perf/inference_images_per_second")
     run = Run(
-        config=str(record.get("config_name") or version_dir.parent.name),
+        config=version_dir.parent.name,  # the folder, as TensorBoard names it: moving a run regroups it
         version=version_dir.name,
         path=str(version_dir),
         seed=record.get("seed"),

@@ -346,3 +346,12 @@ def _logged_file(path: Path, tag: str) -> list[tuple[int, float]]:
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
     accumulator.Reload()
     return [(event.step, event.value) for event in accumulator.Scalars(tag)] if tag in accumulator.Tags()["scalars"] else []
+
+
+def test_a_run_moved_to_another_folder_is_reported_under_that_folder(logs, tmp_path):
+    logdir, _, _ = logs
+    moved = tmp_path / "logs" / "cnn_no_augmentation" / "version_0"
+    shutil.copytree(logdir / "cnn" / "version_0", moved, ignore=shutil.ignore_patterns("*.ckpt"))
+    assert json.loads((moved / "run.json").read_text())["config_name"] == "cnn"  # what the run was logged as
+    assert report.read_run(moved, THRESHOLDS).config == "cnn_no_augmentation"
+    assert "| cnn_no_augmentation |" in report.results_markdown(tmp_path / "logs", THRESHOLDS)
