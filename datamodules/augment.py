@@ -163,12 +163,13 @@ class BatchAugment(nn.Module):
             raise UserInputError(f"cpu_threads must be an integer >= 1 or None, got {cpu_threads!r}.")
         self.cpu_threads = cpu_threads
 
+    def settings(self) -> dict[str, float | int | None]:
+        """The constructor's arguments, as plain values (for hyperparameters and checkpoints)."""
+        names = ("padding", "flip_p", "brightness", "contrast", "saturation", "hue", "degrees", "cpu_threads")
+        return {name: getattr(self, name) for name in names}
+
     def extra_repr(self) -> str:
-        return (
-            f"padding={self.padding}, flip_p={self.flip_p}, brightness={self.brightness}, "
-            f"contrast={self.contrast}, saturation={self.saturation}, hue={self.hue}, "
-            f"degrees={self.degrees}, cpu_threads={self.cpu_threads}"
-        )
+        return ", ".join(f"{name}={value}" for name, value in self.settings().items())
 
     def sample_params(
         self, n: int, like: Tensor, generator: torch.Generator | None = None

@@ -103,7 +103,9 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: Images per batch for every split.
         num_workers: DataLoader worker processes. The data already sit in memory
             as tensors, so 0 (load in the training process) is usually fastest.
-        augment: Apply the reference training augmentation (SPEC section 2).
+        augment: ``True``: the reference training augmentation (SPEC section 2);
+            ``False``: none; or a :class:`~datamodules.augment.BatchAugment` with
+            other settings (e.g. crop and flip only, for short schedules).
         permute_pixels: Shuffle pixel positions with one fixed permutation for
             every image of every split (removes spatial structure).
         permutation_seed: Seed of that permutation.
@@ -135,7 +137,7 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
-        augment: bool = True,
+        augment: bool | BatchAugment = True,
         permute_pixels: bool = False,
         permutation_seed: int = 0,
         mean: Sequence[float] | None = None,
@@ -153,7 +155,14 @@ class ImageDataModule(L.LightningDataModule):
         if val_size < 0:
             raise DataError(f"val_size={val_size} must be 0 or more.\nHINT: e.g. --data.val_size 5000.")
         # mean/std are logged by the model, which receives the resolved values.
-        self.save_hyperparameters(ignore=["mean", "std"])
+        self.save_hyperparameters(ignore=["mean", "std", "augment"])
+        if not isinstance(augment, (bool, BatchAugment)):
+            raise DataError(
+                f"augment={augment!r} must be true, false or a datamodules.augment.BatchAugment.\n"
+                "HINT: e.g. augment: {class_path: datamodules.augment.BatchAugment, init_args: {degrees: 0}}."
+            )
+        # Plain values only: checkpoints keep these hyperparameters and load with weights_only=True.
+        self.hparams["augment"] = augment if isinstance(augment, bool) else augment.settings()
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
         self.val_size = val_size
@@ -179,7 +188,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"predict_dir '{self.predict_dir}' is not a folder.\n"
                 "HINT: point --data.predict_dir at a folder of .png/.jpg images, or leave it out to predict the test split."
             )
-        self.augmenter = BatchAugment() if augment else None
+        self.augmenter = augment if isinstance(augment, BatchAugment) else BatchAugment() if augment else None
         self.permute_pixels = permute_pixels
         self.permutation_seed = permutation_seed
         self.source = self._detect_source()
