@@ -13,6 +13,7 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from datamodules import CIFAR10DataModule
+from datamodules.augment import BatchAugment
 from datamodules.image_datamodule import split_indices
 from datamodules.image_folder import DataError
 from datamodules.sampling import EvalShardSampler, ResumableShuffleSampler
@@ -98,9 +99,29 @@ def test_class_mismatch_between_splits_is_named(tmp_path):
         dm.setup("test")
 
 
+def test_a_configured_augmentation_is_the_one_applied_and_checkpoints_stay_plain(tiny_data, tmp_path):
+    crop_flip = BatchAugment(brightness=0, contrast=0, saturation=0, hue=0, degrees=0)
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10, batch_size=8, augment=crop_flip)
+    assert dm.augmenter is crop_flip
+    assert dm.hparams["augment"] == crop_flip.settings() and dm.hparams["augment"]["degrees"] == 0
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    dm.trainer, trainer.state.stage = trainer, "train"
+    torch.manual_seed(0)
+    augmented, _ = dm.on_after_batch_transfer((images, labels), 0)
+    # Crop and flip only move pixels: every augmented value is an original value or the zero padding.
+    originals = set((images.float() / 255).unique().tolist()) | {0.0}
+    assert set(augmented.unique().tolist()) <= originals
+    assert not torch.equal(augmented, images.float() / 255)
+    # The hyperparameters a checkpoint keeps load under weights_only=True.
+    torch.save({"augment": dm.hparams["augment"]}, tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["augment"] == crop_flip.settings()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"batch_size": 0}, "batch_size=0"), ({"val_size": -1}, "val_size=-1"), ({"mean": (0.5,)}, "mean"),
+    [({"augment": "crop"}, "augment='crop'"), ({"batch_size": 0}, "batch_size=0"), ({"val_size": -1}, "val_size=-1"), ({"mean": (0.5,)}, "mean"),
      ({"std": (0.5, 0.0, 0.5)}, "std")],
 )
 def test_bad_arguments_name_the_value(tiny_data, kwargs, match):
