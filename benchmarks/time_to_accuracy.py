@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import statistics
 import tempfile
 import time
@@ -150,7 +151,11 @@ def recipe(config: str, args, seed: int, extra: Sequence[str] = ()) -> History:
         if args.max_epochs:
             argv += ["--trainer.max_epochs", str(args.max_epochs)]
         run = cli.main([*argv, *extra])
-    (stopper,) = [callback for callback in run.trainer.callbacks if isinstance(callback, StopAtAccuracy)]
+    # The CLI built the callback from its class path, so under ``python -m`` it is the class of the
+    # imported module, not of ``__main__``: look it up there.
+    from benchmarks import time_to_accuracy
+
+    (stopper,) = [c for c in run.trainer.callbacks if isinstance(c, time_to_accuracy.StopAtAccuracy)]
     return stopper.history
 
 
@@ -181,12 +186,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=None, metavar="NAME",
                         help="compare these recipes (configs/<NAME>.yaml or a path) instead of ours and the "
                              "reference loop; the speed-up is against the first")
+    parser.add_argument("--cli", default="", metavar="FLAGS",
+                        help='more cli.py flags for every --configs side, as one string, e.g. "--data.val_size 1000"')
     args = parser.parse_args()
     if not 0 < args.target <= 1:
         parser.error(f"--target {args.target} is not an accuracy in (0, 1]; e.g. --target 0.8")
     print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} at start")
     if args.configs:
-        sides = {name: functools.partial(recipe, name) for name in args.configs}
+        sides = {name: functools.partial(recipe, name, extra=shlex.split(args.cli)) for name in args.configs}
         baseline = args.configs[0]
     else:
         sides, baseline = {OURS: ours, REFERENCE: reference}, REFERENCE

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import partial
 
 import lightning as L
@@ -110,15 +113,15 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     assert abs(trained - evaluated) > 1e-3
 
 
-@pytest.mark.parametrize("target, epochs_run", [(0.01, 1), (1.0, 2)])
-def test_time_to_accuracy_runs_a_recipe_until_its_target(target, epochs_run, tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("config, target, epochs_run", [("cnn_fast", 0.01, 1), ("cnn_fast", 1.0, 2), ("cnn", 1.0, 2)])
+def test_time_to_accuracy_runs_a_recipe_until_its_target(config, target, epochs_run, tiny_data, tmp_path, monkeypatch):
     from argparse import Namespace
 
     from benchmarks.time_to_accuracy import recipe, time_to_target
 
     monkeypatch.chdir(tmp_path)
     args = Namespace(data=tiny_data, target=target, max_epochs=2)
-    history = recipe("cnn_fast", args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu"])
+    history = recipe(config, args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu"])
     assert [epoch for epoch, _, _ in history] == list(range(1, epochs_run + 1))
     seconds = [s for _, s, _ in history]
     assert seconds == sorted(seconds) and seconds[0] > 0
@@ -126,6 +129,18 @@ def test_time_to_accuracy_runs_a_recipe_until_its_target(target, epochs_run, tin
     assert time_to_target(history, target) == expected
     assert (expected == seconds[0]) == (target == 0.01)  # any accuracy passes 1 %; epoch 1 is short of 100 %
     assert not list(tmp_path.iterdir())  # its logs went to a temporary folder
+
+
+def test_time_to_accuracy_races_configs_from_the_command_line(tiny_data, tmp_path):
+    # As users run it (python -m): the stop callback comes from the imported module, not __main__.
+    command = [sys.executable, "-m", "benchmarks.time_to_accuracy", "--data", str(tiny_data), "--configs", "cnn",
+               "cnn_fast", "--target", "1.0", "--max-epochs", "2", "--cli", "--data.val_size 12 --trainer.accelerator cpu"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 0 ")]
+    assert [row.split("|")[2].strip() for row in rows] == ["cnn", "cnn_fast"]
+    assert all(len(row.split("|")[3].split(" / ")) == 2 for row in rows)  # two epochs each, the target out of reach
 
 
 def test_a_fit_too_short_for_the_warm_up_exits_2(tiny_data, run_cli, capsys):
