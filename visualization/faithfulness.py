@@ -46,14 +46,11 @@ from torchvision.transforms.functional import gaussian_blur
 from visualization.attributions import (
     attribution_mode,
     capture_activations,
-    deconvolution,
     gradcam,
-    guided_backprop,
-    guided_gradcam,
     prepare_inputs,
     resolve_layers,
 )
-from visualization.pictures import INPUT_METHODS, attention_gates
+from visualization.pictures import INPUT_METHODS, attention_gates, check_input_methods, input_attributions
 
 __all__ = [
     "BASELINES",
@@ -446,19 +443,12 @@ def saliency_maps(
     Raises:
         ValueError: An unknown method.
     """
-    unknown = [m for m in methods if m not in INPUT_METHODS]
-    if unknown:
-        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+    check_input_methods(methods)
     size = tuple(images.shape[-2:])
     maps = {f"gradcam_{name}": cam for name, cam in gradcam(model, images, targets, layers).items()}
     last = list(layers.values())[-1]
-    compute = {
-        "guided_backprop": lambda: guided_backprop(model, images, targets),
-        "deconvolution": lambda: deconvolution(model, images, targets),
-        "guided_gradcam": lambda: guided_gradcam(model, images, targets, last),
-    }
-    for method in methods:
-        maps[method] = compute[method]().abs().sum(dim=1)
+    for method, attribution in input_attributions(model, images, targets, methods, last).items():
+        maps[method] = attribution.abs().sum(dim=1)
     for name, gate in capture_activations(model, images, gates or {}).items():
         if gate.shape[-2:] != (1, 1):
             maps[f"attention_{name.removesuffix('.gate')}"] = F.interpolate(

@@ -38,7 +38,7 @@ from visualization.figures import (
     top_channels_grid,
 )
 
-__all__ = ["INPUT_METHODS", "attention_gates", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures"]
+__all__ = ["INPUT_METHODS", "attention_gates", "check_input_methods", "input_attributions", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures"]
 
 # Input-resolution methods drawn beside the Grad-CAM columns, in this order.
 INPUT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
@@ -135,9 +135,7 @@ def render_pictures(
     Raises:
         ValueError: An unknown layer or method name.
     """
-    unknown = [m for m in methods if m not in INPUT_METHODS]
-    if unknown:
-        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+    check_input_methods(methods)
     root = model if layer_root is None else layer_root
     named = resolve_layers(root, layers)
     gates = attention_gates(root) if attention else {}
@@ -147,7 +145,8 @@ def render_pictures(
         preds = model(prepare_inputs(x, model)).argmax(dim=1).cpu()
 
     cams = gradcam(model, x, preds, named)
-    extra = _input_attributions(model, x, preds, methods, named[layers[-1]])
+    drawn = input_attributions(model, x, preds, [m for m in INPUT_METHODS if m in methods], named[layers[-1]])
+    extra = {name.replace("_", " "): attribution for name, attribution in drawn.items()}  # display names
     shown = x.detach().float().cpu()
     # Side by side for comparing layers, and one stable tag per layer for
     # following a layer over the epochs. Image grids pasted in numpy, not
@@ -235,16 +234,26 @@ def _model_input(model: nn.Module, images: Tensor) -> Tensor:
     return images.to(device=param.device, dtype=dtype)
 
 
-def _input_attributions(
+def check_input_methods(methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming any method outside :data:`INPUT_METHODS`."""
+    unknown = [m for m in methods if m not in INPUT_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+
+
+def input_attributions(
     model: nn.Module, x: Tensor, targets: Tensor, methods: Sequence[str], last_layer: nn.Module
 ) -> dict[str, Tensor]:
-    """The requested input-resolution attributions, keyed by a display name."""
+    """The signed ``[N, C, H, W]`` attributions of ``methods`` (of :data:`INPUT_METHODS`), in that order.
+
+    ``last_layer`` is the layer whose Grad-CAM masks guided Grad-CAM.
+    """
     compute = {
         "guided_backprop": lambda: guided_backprop(model, x, targets),
         "deconvolution": lambda: deconvolution(model, x, targets),
         "guided_gradcam": lambda: guided_gradcam(model, x, targets, last_layer),
     }
-    return {name.replace("_", " "): compute[name]() for name in INPUT_METHODS if name in methods}
+    return {name: compute[name]() for name in methods}
 
 
 def _gate_label(name: str) -> str:
