@@ -4,7 +4,8 @@
         --ckpt lightning_logs/cnn/version_0/checkpoints/best-epoch017-acc0.7682.ckpt [--images 300]
 
 Rebuilds the run's validation split from its ``config.yaml`` (data folder,
-``val_size``, ``split_seed``), takes its first ``--images`` images, and prints
+``val_size``, ``split_seed``), takes ``--images`` of them, the same number from
+every class, and prints
 the table ``explain.py --faithfulness`` writes: deletion, insertion and ROAD
 areas per map and for the random and centre baselines, the paired difference
 to the random map with a 95 % bootstrap interval over images, and the rank
@@ -20,14 +21,29 @@ from pathlib import Path
 import torch
 
 import explain
+from callbacks.interpretability import select_probes
 from datamodules import CIFAR10DataModule
+from user_input import UserInputError
 from visualization.faithfulness import faithfulness_scores, markdown_table, summary_rows
+
+
+def balanced_images(dataset, num_classes: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count // num_classes`` images of each class, the first ones in index order: uint8 images and labels.
+
+    Not simply the first ``count`` images: the split keeps the folders' order,
+    which is by class, so those would be one or two classes only (the first 300
+    of CIFAR-10's validation split are all airplanes), and the scores would
+    describe those classes, not the model.
+    """
+    if count < num_classes:
+        raise UserInputError(f"--images {count} is fewer than the {num_classes} classes; give at least {num_classes}.")
+    return select_probes(dataset, num_classes, count // num_classes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--images", type=int, default=300, help="first N images of the validation split")
+    parser.add_argument("--images", type=int, default=300, help="validation images, as many of each class (rounded down)")
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion curve steps")
     parser.add_argument("--road-steps", type=int, default=8)
     parser.add_argument("--fill", choices=["blur", "mean"], default="blur", help="what a removed pixel becomes")
@@ -44,7 +60,8 @@ def main() -> None:
     )
     start = time.perf_counter()
     datamodule.setup("fit")
-    images = datamodule.val_set.images[: args.images].float().div(255)
+    pixels, labels = balanced_images(datamodule.val_set, len(datamodule.classes), args.images)
+    images = pixels.float().div(255)
     print(f"decoded the data in {time.perf_counter() - start:.0f} s; {len(images)} validation images, "
           f"layers {layers}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -54,7 +71,7 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        accuracy = (model.eval()(images).argmax(1) == datamodule.val_set.labels[: args.images]).float().mean()
+        accuracy = (model.eval()(images).argmax(1) == labels).float().mean()
     print(f"scored in {seconds:.0f} s; accuracy on these images {100 * accuracy:.1f} %; "
           f"randomised: {result.randomized}\n")
     print(markdown_table(summary_rows(result)))

@@ -14,9 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import explain
+from benchmarks.faithfulness_goals import balanced_images
 from callbacks import FaithfulnessScores
 from lightning_modules.cnn import CNN, CNNClassifier
 from tests.pictures_helpers import tensorboard_images, tiny_datamodule, tiny_trainer
+from user_input import UserInputError
 from visualization.faithfulness import (
     METRICS,
     auc,
@@ -276,3 +278,18 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
     assert exit_info.value.code == 2
     assert "--faithfulness needs at least 2 images" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists()  # a failed start writes nothing
+
+
+def test_the_benchmark_takes_every_class_from_a_split_stored_by_class(tiny_data):
+    """The validation split keeps the class folders' order, so its first images are one class."""
+    datamodule = tiny_datamodule(tiny_data)
+    datamodule.setup("fit")
+    val = datamodule.val_set
+    assert val.labels[:4].unique().numel() == 1  # what taking the first images would score
+
+    pixels, labels = balanced_images(val, len(datamodule.classes), 7)
+    assert labels.bincount(minlength=3).tolist() == [2, 2, 2]
+    first_of_each = [int((val.labels == c).nonzero()[0]) for c in range(3)]
+    assert torch.equal(pixels[::2], val.images[first_of_each])
+    with pytest.raises(UserInputError, match="--images 2 is fewer than the 3 classes"):
+        balanced_images(val, 3, 2)
