@@ -82,13 +82,20 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+# Callbacks that only draw or score: the schedule tests leave them out (ResNet's faithfulness
+# scoring alone is most of a tiny fit's time); test_cli runs every config with them.
+PICTURE_CALLBACKS = ("LossPlots", "InterpretabilityDumps", "ConfusionMatrixPlot", "MistakeGallery", "FaithfulnessScores")
+
+
 def config_with_stages(tmp_path: Path, stages: list[dict], source: Path | None = None) -> Path:
-    """A copy of ``resnet_cbam.yaml`` whose ProgressiveUnfreeze callback has other ``stages``."""
+    """A copy of ``resnet_cbam.yaml`` whose ProgressiveUnfreeze callback has other ``stages``, without pictures."""
     import yaml
 
     source = source or REPO / "configs" / "resnet_cbam.yaml"
     config = yaml.safe_load(source.read_text())
-    (unfreeze,) = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "callbacks.ProgressiveUnfreeze"]
+    callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
+    config["trainer"]["callbacks"] = callbacks
+    (unfreeze,) = [c for c in callbacks if c["class_path"] == "callbacks.ProgressiveUnfreeze"]
     unfreeze["init_args"]["stages"] = stages
     path = tmp_path / f"{source.stem}_stages.yaml"
     path.write_text(yaml.safe_dump(config))
