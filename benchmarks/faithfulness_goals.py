@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import explain
-from callbacks.interpretability import select_probes
+from callbacks.probes import select_probes
 from datamodules import CIFAR10DataModule
 from user_input import UserInputError
 from visualization.faithfulness import faithfulness_scores, markdown_table, summary_rows

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
-from callbacks.interpretability import _net
+from callbacks.probes import layer_root
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from visualization.attributions import resolve_layers
 from visualization.figures import confusion_matrix_figure, figure_to_image
@@ -116,7 +116,7 @@ class MistakeGallery(_EvaluationPicture):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        resolve_layers(_net(pl_module), [self.layer])  # a misspelt layer fails now, with the valid names
+        resolve_layers(layer_root(pl_module), [self.layer])  # a misspelt layer fails now, with the valid names
 
     @override
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -173,7 +173,7 @@ class MistakeGallery(_EvaluationPicture):
         if not len(order):
             return  # no mistakes: nothing to show
         picture = render_mistakes(pl_module, self.chosen["images"], self.chosen["labels"], pl_module.class_names(),
-                                  self.layer, layer_root=_net(pl_module))
+                                  self.layer, layer_root=layer_root(pl_module))
         self.publish(trainer, f"mistakes/{stage}", picture)
 
     def _gather(self, trainer: L.Trainer, found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from callbacks.interpretability import ProbeSchedule, _net, _probe_dataset, select_probes
+from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
 from callbacks.picture_log import image_writers, log_picture, scalar_loggers
 from visualization.faithfulness import faithfulness_scores
 from visualization.figures import faithfulness_curves_figure, figure_to_image
@@ -102,7 +102,7 @@ class FaithfulnessScores(ProbeSchedule):
         if trainer.sanity_checking or not trainer.is_global_zero or not scalar_loggers(trainer):
             return
         if self.images is None:
-            dataset = _probe_dataset(trainer)
+            dataset = probe_dataset(trainer)
             if dataset is None:
                 rank_zero_warn("FaithfulnessScores found no dataset to take images from; no scores.")
                 return
@@ -112,7 +112,7 @@ class FaithfulnessScores(ProbeSchedule):
             pl_module,
             self.images.float().div(255),
             self.layers,
-            layer_root=_net(pl_module),
+            layer_root=layer_root(pl_module),
             methods=self.methods,
             attention=self.attention,
             steps=self.steps,

@@ -16,129 +16,13 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import nn
 from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
-from visualization.attributions import resolve_layers
+from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
 from visualization.pictures import INPUT_METHODS, render_pictures
 
-__all__ = ["InterpretabilityDumps", "ProbeSchedule", "select_probes"]
-
-
-def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``per_class`` images of each class, in index order: the same set on every run.
-
-    Args:
-        dataset: Items ``(image, label)`` (or bare images, then labels are ``-1``
-            and the first ``num_classes * per_class`` images are taken); images
-            ``[C, H, W]`` uint8, or floats in ``[0, 1]``.
-        num_classes: Number of classes to look for.
-        per_class: Images per class.
-
-    Returns:
-        ``(images uint8 [N, C, H, W], labels int64 [N])``, sorted by class then
-        index; fewer images if some class has too few.
-    """
-    labels = getattr(dataset, "labels", None)
-    if isinstance(labels, torch.Tensor):  # our in-memory sets: no need to read every item
-        picked = [i for c in range(num_classes) for i in (labels == c).nonzero()[:per_class, 0].tolist()]
-        picked = picked or (labels < 0).nonzero()[: num_classes * per_class, 0].tolist()  # unlabelled images
-    else:
-        by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
-        unlabeled: list[int] = []
-        for index in range(len(dataset)):
-            label = _label(dataset[index])
-            if label in by_class and len(by_class[label]) < per_class:
-                by_class[label].append(index)
-            elif label < 0:
-                unlabeled.append(index)
-            if all(len(found) == per_class for found in by_class.values()) or len(unlabeled) == num_classes * per_class:
-                break
-        picked = [i for found in by_class.values() for i in found] or unlabeled
-    items = [dataset[i] for i in picked]
-    images = torch.stack([_as_uint8(item[0] if isinstance(item, (tuple, list)) else item) for item in items])
-    return images, torch.tensor([_label(item) for item in items], dtype=torch.long)
-
-
-def _label(item: Any) -> int:
-    """The class of a dataset item, -1 for a bare image."""
-    return int(item[1]) if isinstance(item, (tuple, list)) else -1
-
-
-def _as_uint8(image: torch.Tensor) -> torch.Tensor:
-    """Store probes as uint8: a quarter of float32's bytes in every checkpoint."""
-    image = torch.as_tensor(image).detach().cpu()
-    if image.dtype == torch.uint8:
-        return image.clone()
-    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-class ProbeSchedule(L.Callback):
-    """When the probe callbacks run, and the layer check they share; subclasses implement ``_dump``.
-
-    During ``fit``: at the end of every ``every_n_epochs``-th training epoch
-    (after its validation) and at the end of fit unless that step was just
-    done; never in the sanity check (``_dump`` checks). Under ``validate``,
-    ``test`` and ``predict``: once at the end of the loop. ``setup`` resolves
-    ``layers`` in the model's ``net``, so a misspelt name fails before training.
-
-    Args:
-        layers: Dotted layer names in the model's ``net``, low to high.
-        every_n_epochs: Run every this many training epochs.
-        methods: Input-resolution methods beside Grad-CAM, a subset of :data:`INPUT_METHODS`.
-    """
-
-    def __init__(self, layers: Sequence[str], every_n_epochs: int = 1, methods: Sequence[str] = INPUT_METHODS) -> None:
-        if isinstance(layers, str) or not layers:
-            raise ValueError(
-                f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
-            )
-        self.require_at_least(1, every_n_epochs=every_n_epochs)
-        unknown = sorted(set(methods) - set(INPUT_METHODS))
-        if unknown:
-            raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
-        self.layers = list(layers)
-        self.every_n_epochs = every_n_epochs
-        self.methods = list(methods)
-        self.last_step: int | None = None
-
-    @staticmethod
-    def require_at_least(minimum: int, **counts: int) -> None:
-        """Raise ``ValueError`` naming the first count below ``minimum``."""
-        for name, value in counts.items():
-            if value < minimum:
-                raise ValueError(f"{name}={value} must be at least {minimum}.\nHINT: e.g. {name}: {max(minimum, 1)}.")
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        resolve_layers(_net(pl_module), self.layers)  # a misspelt layer fails now, not after an epoch
-
-    @override
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.last_step != trainer.global_step:
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
-            self._dump(trainer, pl_module)
-
-    @override
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
-
-    @override
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
-
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        raise NotImplementedError
+__all__ = ["InterpretabilityDumps"]
 
 
 class InterpretabilityDumps(ProbeSchedule):
@@ -246,7 +130,7 @@ class InterpretabilityDumps(ProbeSchedule):
             self.probe_labels,
             self.classes,
             self.layers,
-            layer_root=_net(pl_module),
+            layer_root=layer_root(pl_module),
             methods=self.methods,
             feature_top_k=self.feature_top_k,
             feature_images=self.feature_images,
@@ -257,7 +141,7 @@ class InterpretabilityDumps(ProbeSchedule):
         self.last_step = trainer.global_step
 
     def _choose_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        dataset = _probe_dataset(trainer)
+        dataset = probe_dataset(trainer)
         if dataset is None:
             rank_zero_warn("InterpretabilityDumps found no dataset to draw probe images from; no pictures.")
             return False
@@ -278,33 +162,3 @@ class InterpretabilityDumps(ProbeSchedule):
             flat = x.flatten(2)
             x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
         return x
-
-
-def _net(pl_module: nn.Module) -> nn.Module:
-    """Where layer names are resolved: the classifier's ``net`` (names as in the configs)."""
-    return getattr(pl_module, "net", pl_module)
-
-
-def _probe_dataset(trainer: L.Trainer) -> Any:
-    """The dataset of the current loop's split (validation during fit), else the training set."""
-    loaders = {
-        TrainerFn.FITTING: trainer.val_dataloaders,
-        TrainerFn.VALIDATING: trainer.val_dataloaders,
-        TrainerFn.TESTING: trainer.test_dataloaders,
-        TrainerFn.PREDICTING: trainer.predict_dataloaders,
-    }.get(trainer.state.fn)
-    for loader in (loaders, trainer.train_dataloader):
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        dataset = getattr(loader, "dataset", None)
-        if dataset is not None and _has_items(dataset):
-            return dataset
-    return None
-
-
-def _has_items(dataset: Any) -> bool:
-    """False for an empty map-style dataset (``val_size: 0``) and for iterable ones, which cannot be indexed."""
-    try:
-        return len(dataset) > 0 and hasattr(dataset, "__getitem__")
-    except TypeError:
-        return False
