@@ -273,13 +273,18 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _epochs(value: float) -> str:
+    """An epoch count or its mean/spread to one decimal, ``.0`` dropped: ``18.5``, ``0.7``, ``20``."""
+    return f"{value:.1f}".removesuffix(".0")
+
+
 def _time_to_cell(runs: Sequence[Run], key: str) -> str:
     """Seconds and epochs to first reach an accuracy; ``(k/n)`` when only k of n seeds got there."""
     reached = [run.time_to[key] for run in runs if run.time_to.get(key) is not None]
     if not reached:
         return "-"
     seconds = _cell([s for s, _ in reached], lambda v: f"{v:.1f}")
-    epochs = _cell([float(e) for _, e in reached], lambda v: f"{v:.1f}".removesuffix(".0"))
+    epochs = _cell([float(e) for _, e in reached], _epochs)
     cell = f"{seconds} s, ep {epochs}" if seconds != "-" else f"ep {epochs}"
     return cell if len(reached) == len(runs) else f"{cell} ({len(reached)}/{len(runs)})"
 
@@ -329,10 +334,10 @@ def markdown_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) ->
             f"{runs[0].parameters:,}",
             ", ".join("?" if run.seed is None else str(run.seed) for run in runs),
             _cell([run.best_val_acc for run in runs], _percent),
-            _cell([float(run.best_epoch) for run in runs], lambda v: f"{v:g}"),
+            _cell([float(run.best_epoch) for run in runs], _epochs),
             spec_cell(config),
             _cell([run.test_acc for run in runs], _percent),
-            _cell([float(run.epochs_trained) for run in runs], lambda v: f"{v:g}"),
+            _cell([float(run.epochs_trained) for run in runs], _epochs),
             _cell([run.seconds_per_epoch for run in runs], lambda v: f"{v:.1f}"),
             *(_time_to_cell(runs, f"{t:g}") for t in thresholds),
             _cell([run.inference_images_per_second for run in runs], lambda v: f"{v:,.0f}"),

@@ -123,7 +123,8 @@ def test_seeds_group_into_one_row_with_mean_and_spread(logs, built):
     assert cells["test/acc (%)"] == "-"  # never tested
     assert cells["epochs"] == "2 ± 0"
     best_epochs = cnn["best_epoch"]
-    assert cells["best at epoch"] == f"{statistics.fmean(best_epochs):g} ± {statistics.stdev(best_epochs):g}"
+    one_decimal = (f"{value:.1f}".removesuffix(".0") for value in (statistics.fmean(best_epochs), statistics.stdev(best_epochs)))
+    assert cells["best at epoch"] == " ± ".join(one_decimal)  # 18.5 ± 0.7, not 18.5 ± 0.707107
 
 
 def test_single_seed_and_unreached_accuracy(logs, built):
