@@ -18,7 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 from visualization.attributions import resolve_layers
-from visualization.pictures import INPUT_METHODS
+from visualization.pictures import INPUT_METHODS, check_input_methods
 
 __all__ = ["ProbeSchedule", "layer_root", "probe_dataset", "select_probes"]
 
@@ -92,9 +92,7 @@ class ProbeSchedule(L.Callback):
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
         self.require_at_least(1, every_n_epochs=every_n_epochs)
-        unknown = sorted(set(methods) - set(INPUT_METHODS))
-        if unknown:
-            raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+        check_input_methods(methods)
         self.layers = list(layers)
         self.every_n_epochs = every_n_epochs
         self.methods = list(methods)

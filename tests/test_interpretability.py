@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import explain
-from callbacks import InterpretabilityDumps, interpretability
+from callbacks import FaithfulnessScores, InterpretabilityDumps, interpretability
 from datamodules.image_folder import read_loose_images
 from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
@@ -346,3 +346,9 @@ def test_cli_validate_draws_and_explain_reads_the_run_config(tiny_data, run_cli,
     assert (run / "pictures/validate/gradcam_all_layers.png").is_file()
     assert explain.main(["--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(tmp_path / "pictures")]) == 0
     assert (tmp_path / "pictures/features_top_channels.png").is_file()
+
+
+@pytest.mark.parametrize("callback", [InterpretabilityDumps, FaithfulnessScores])
+def test_an_unknown_method_is_refused_before_training_with_the_valid_names(callback):
+    with pytest.raises(ValueError, match=r"Unknown methods \['gradient'\]\.\nHINT: choose from \['guided_backprop'"):
+        callback(layers=["conv1"], methods=["gradient", "deconvolution"])
