@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
@@ -33,6 +35,7 @@ from callbacks import (
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from lightning_modules import ImageClassifier
+from precision_choice import PrecisionChoice, choose_precision
 from user_input import UserInputError, user_input_errors_raised
 
 # The checkpoint callbacks every run gets unless checkpointing is turned off.
@@ -72,6 +75,8 @@ class ProjectCLI(LightningCLI):
             return
         config = self.config[self.subcommand]
         _place_under_root_dir(config.trainer)
+        self.precision_choice = _settle_precision(config.trainer)
+        rank_zero_info(self.precision_choice.line())
         # validate/test/predict on a fitted run log into its folder: keep its fit config.yaml intact.
         if self.subcommand != "fit":
             self.save_config_kwargs["config_filename"] = f"config_{self.subcommand}.yaml"
@@ -122,7 +127,12 @@ class ProjectCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if trainer.get("enable_checkpointing") is not False:
             callbacks += [config[key] for key in CHECKPOINT_KEYS]
-        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        choice = getattr(self, "precision_choice", None)
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunRecorder) and choice is not None:
+                callback.precision_reason = choice.reason
+        return trainer
 
     def instantiate_classes(self) -> None:
         with user_input_errors_raised() as raised:
@@ -133,6 +143,16 @@ class ProjectCLI(LightningCLI):
                 if user_error is None:
                     raise  # a bug, not a bad config: keep the traceback
                 self.parser.error(str(user_error))
+
+
+def _settle_precision(trainer: Any) -> PrecisionChoice:
+    """Keep a precision the user gave; otherwise bf16 where the device runs it natively (``precision_choice``)."""
+    given = trainer.get("precision")
+    if given is not None:
+        return PrecisionChoice(str(given), "given by --trainer.precision or the config")
+    choice = choose_precision(trainer.get("accelerator"))
+    trainer.precision = choice.precision
+    return choice
 
 
 def _place_under_root_dir(trainer: Any) -> None:
@@ -170,6 +190,8 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
 
 
 def main(args: list[str] | None = None) -> ProjectCLI:
+    # Lightning's summary sizes parameters at 32 bits under mixed precision and says so on every run.
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
     try:
         return ProjectCLI(
             ImageClassifier,

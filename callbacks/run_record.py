@@ -37,6 +37,7 @@ import torchvision
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from precision_choice import cpu_bf16_feature
 from user_input import UserInputError
 
 __all__ = ["RUN_RECORD_FILE", "RunRecorder", "hardware", "versions"]
@@ -60,6 +61,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_bf16_feature(),  # AMX, AVX512_BF16 or null: what the precision choice read
         "device": str(device),
         "gpu": None,
     }
@@ -104,6 +106,8 @@ class RunRecorder(L.Callback):
         self.epochs_timed = 0
         self._epoch_start: float | None = None
         self._record: dict[str, Any] = {}
+        # Why the run trains in its precision (the CLI's automatic choice, or the user's flag).
+        self.precision_reason: str | None = None
 
     # ---- resumable state ------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class RunRecorder(L.Callback):
             "data_hparams": _jsonable(datamodule.hparams) if datamodule is not None else None,
             "max_epochs": trainer.max_epochs,
             "precision": str(trainer.precision),
+            "precision_reason": self.precision_reason,
             "num_devices": trainer.num_devices,
             "num_nodes": trainer.num_nodes,
             "hardware": hardware(pl_module.device),

@@ -75,7 +75,8 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     caller's ``.grad`` out of reach). On exit, also after an exception, it
     restores each submodule's ``training`` flag, each parameter's
     ``requires_grad`` and ``.grad``, and the CPU (and, if initialised, CUDA)
-    RNG state.
+    RNG state. Autocast is off inside: a map is computed in fp32 whatever
+    precision the run trains in, so pictures and scores do not change with it.
 
     Tensors created under inference mode cannot enter an autograd graph; pass
     inputs through :func:`prepare_inputs` inside this context.
@@ -93,8 +94,9 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     grads = [p.grad for p in params]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    device_type = (_model_device(model) or torch.device("cpu")).type
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), _autocast_off(device_type):
             model.eval()
             for p in params:
                 p.grad = None
@@ -109,6 +111,17 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+
+
+@contextmanager
+def _autocast_off(device_type: str) -> Iterator[None]:
+    """No autocast on the CPU nor on the model's device (a CPU model under a CUDA autocast is unaffected)."""
+    with torch.autocast("cpu", enabled=False):
+        if device_type in ("cpu", "meta"):
+            yield
+            return
+        with torch.autocast(device_type, enabled=False):
+            yield
 
 
 def prepare_inputs(inputs: Tensor, model: nn.Module | None = None) -> Tensor:
