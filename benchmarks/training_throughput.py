@@ -1,6 +1,13 @@
-"""Training images/s: our ``fit`` against a plain PyTorch loop on the reference pipeline.
+"""Training images/s: our ``fit`` against a plain PyTorch loop, and fp32 against bf16 and bf16 + compile.
 
-Prints, for the CNN and ResNet18+CBAM at the same batch size and optimiser:
+Two tables per model, in one run (``--tables``):
+
+``precision``: the bare step and our ``fit`` (channels_last) in fp32, in bf16
+autocast and in bf16 autocast with ``torch.compile``, with what compiling cost
+and after how many steps it pays back. The goal is a ``fit`` at 85 % or more of
+the bare bf16 step.
+
+``pipeline``: for the same batch size and optimiser:
 
 - bare step: forward+backward+Adam on random tensors already in memory (the ceiling);
 - reference loop: PIL decode + per-image transforms in a DataLoader, plain loop;
@@ -10,10 +17,12 @@ Prints, for the CNN and ResNet18+CBAM at the same batch size and optimiser:
 "our fit / plain loop on our pipeline" is Lightning's own overhead.
 
     python -m benchmarks.training_throughput --steps 60
+    python -m benchmarks.training_throughput --tables precision --models cnn resnet18 --batch-size 128
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import lightning as L
@@ -28,19 +37,30 @@ from benchmarks.common import (
     reference_loader,
 )
 from datamodules import CIFAR10DataModule
-from lightning_modules import CNNClassifier, ResNet18CBAMClassifier
+from lightning_modules import CNNClassifier, ResNet18CBAMClassifier, ResNet18Classifier
 
-MODELS = {"cnn": CNNClassifier, "resnet_cbam": ResNet18CBAMClassifier}
+MODELS = {"cnn": CNNClassifier, "resnet18": ResNet18Classifier, "resnet_cbam": ResNet18CBAMClassifier}
+# (label, Lightning precision, compile): the rows of the precision table.
+PRECISIONS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False), "bf16 + compile": ("bf16-mixed", True)}
 
 
-def make_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, prepare=lambda x: x):
+def make_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, prepare=lambda x: x, precision: str = "32-true"):
+    """One optimiser step; under ``bf16-mixed`` the forward and loss run in CPU bf16 autocast, as Lightning's plugin does."""
     def step(batch) -> None:
         images, labels = batch
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(net(prepare(images)), labels).backward()
+        with _autocast(precision):
+            loss = F.cross_entropy(net(prepare(images)), labels)
+        loss.backward()
         optimizer.step()
 
     return step
+
+
+def _autocast(precision: str):
+    if precision == "bf16-mixed":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def bare_step(cls, channels_last: bool, batch_size: int, steps: int, warmup: int) -> float:
@@ -98,9 +118,61 @@ def our_fit(cls, datamodule: CIFAR10DataModule, channels_last: bool, args) -> fl
     return timer.images / (timer.end - timer.start)
 
 
+def bare_step_seconds(cls, precision: str, compile: bool, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
+    """(images/s of the bare channels_last step, seconds the warm-up cost beyond its steps: the compile)."""
+    model = cls(channels_last=True, compile=compile)
+    model.configure_model()
+    images = torch.rand(batch_size, 3, 32, 32)
+    labels = torch.randint(0, 10, (batch_size,))
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), precision=precision)
+    start = time.perf_counter()
+    step((images, labels))  # the first step compiles, if anything does
+    first = time.perf_counter() - start
+    speed = images_per_second(iter(lambda: (images, labels), None), steps, max(warmup - 1, 0), step)
+    return speed, max(first - batch_size / speed, 0.0)
+
+
+def fit_speed(cls, datamodule: CIFAR10DataModule, precision: str, compile: bool, args) -> float:
+    """images/s of our ``fit`` (Trainer, datamodule, augmentation) after the warm-up, channels_last."""
+    timer = _StepTimer(args.warmup)
+    trainer = L.Trainer(
+        accelerator="cpu", precision=precision, max_steps=args.warmup + args.steps, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer],
+    )
+    model = cls(num_classes=datamodule.num_classes, channels_last=True, compile=compile)
+    trainer.fit(model, datamodule=datamodule)
+    return timer.images / (timer.end - timer.start)
+
+
+def precision_table(name: str, cls, datamodule: CIFAR10DataModule, args) -> None:
+    """Bare step and fit in fp32, bf16 and bf16 + compile; the compile's payback in steps."""
+    bare, fit, compile_seconds = {}, {}, {}
+    for _ in range(args.repeats):  # round-robin, best of each: the machine is shared
+        for label, (precision, compiled) in PRECISIONS.items():
+            speed, warmup_cost = bare_step_seconds(cls, precision, compiled, args.batch_size, args.steps, args.warmup)
+            bare[label] = max(bare.get(label, 0.0), speed)
+            compile_seconds[label] = warmup_cost if label not in compile_seconds else min(compile_seconds[label], warmup_cost)
+            fit[label] = max(fit.get(label, 0.0), fit_speed(cls, datamodule, precision, compiled, args))
+    rows = []
+    for label in PRECISIONS:
+        rows.append((f"bare step, {label}", bare[label], f"{bare[label] / bare['fp32']:.2f}x", ""))
+        rows.append((f"our fit, {label}", fit[label], f"{fit[label] / fit['fp32']:.2f}x", f"{fit[label] / bare[label]:.0%}"))
+    print_table(f"{name}: training images/s by precision, channels_last, batch {args.batch_size}, "
+                f"{args.steps} timed steps, best of {args.repeats}",
+                ["run", "images/s", "x fp32", "fit / its bare step"], rows)
+    step_saving = args.batch_size / fit["bf16"] - args.batch_size / fit["bf16 + compile"]
+    paid = (f"pays back after {compile_seconds['bf16 + compile'] / step_saving:,.0f} steps"
+            if step_saving > 0 else "never pays back (no faster per step)")
+    print(f"{name}: our bf16 fit = {fit['bf16'] / bare['bf16']:.0%} of the bare bf16 step (goal 85 %); "
+          f"compile cost {compile_seconds['bf16 + compile']:.0f} s and {paid} "
+          f"({len(datamodule.train_set) // args.batch_size} steps an epoch here)")
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet_cbam"], choices=list(MODELS))
+    parser.add_argument("--tables", nargs="+", default=["pipeline", "precision"], choices=["pipeline", "precision"])
     parser.add_argument("--reference-workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the best round")
     args = parser.parse_args()
@@ -113,6 +185,10 @@ def main() -> None:
 
     for name in args.models:
         cls = MODELS[name]
+        if "precision" in args.tables:
+            precision_table(name, cls, datamodule, args)
+        if "pipeline" not in args.tables:
+            continue
         runs = {f"reference loop, PIL + per-image transforms, {w} workers (NCHW)": (reference_loop, (cls, args, w))
                 for w in args.reference_workers}
         for channels_last in (False, True):
