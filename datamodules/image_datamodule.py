@@ -50,7 +50,7 @@ class InMemoryImages(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # The DataLoader calls this with a whole batch of indices: one gather
         # instead of batch_size __getitem__ calls and a stack.
-        index = torch.as_tensor(indices)
+        index = _index_on(self.images.device, indices)
         return self.images[index], self.labels[index]
 
 
@@ -66,8 +66,23 @@ class IndexedImages(InMemoryImages):
         return self.images[index], self.labels[index], torch.tensor(index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = _index_on(self.images.device, indices)
         return self.images[index], self.labels[index], index
+
+
+def _index_on(device: torch.device, indices: list[int]) -> torch.Tensor:
+    """The batch's indices as a tensor on ``device``, where the images are (``keep_on_device``).
+
+    A CPU index into a GPU tensor is copied to the GPU by every indexing, from
+    pageable memory, which waits for the GPU: twice a batch (images and labels).
+    Here it crosses once, from pinned memory and without waiting.
+    """
+    index = torch.as_tensor(indices)
+    if device.type == "cpu":
+        return index
+    if device.type == "cuda":
+        index = index.pin_memory()
+    return index.to(device, non_blocking=True)
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +215,7 @@ class ImageDataModule(L.LightningDataModule):
         self.predict_set: IndexedImages | None = None
         self.predict_paths: list[str] = []  # file of each predicted image, relative to its folder, when known
         self._permutation: torch.Tensor | None = None
+        self._device_permutation: torch.Tensor | None = None  # the same, on the batches' device
         self._shuffle_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
 
@@ -398,6 +414,14 @@ class ImageDataModule(L.LightningDataModule):
             self._permutation = torch.randperm(num_pixels, generator=generator)
         return self._permutation
 
+    def _permutation_on(self, device: torch.device, num_pixels: int) -> torch.Tensor:
+        """``permutation(num_pixels)`` on ``device``, copied there once rather than with every batch."""
+        permutation = self.permutation(num_pixels)
+        cached = self._device_permutation
+        if cached is None or cached.device != device or len(cached) != num_pixels:
+            cached = self._device_permutation = permutation.to(device)
+        return cached
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
@@ -405,7 +429,7 @@ class ImageDataModule(L.LightningDataModule):
             images = self.augmenter(images)
         if self.permute_pixels:
             flat = images.flatten(2)
-            images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
+            images = flat[:, :, self._permutation_on(images.device, flat.shape[-1])].view_as(images)
         return images, labels, *index
 
 
