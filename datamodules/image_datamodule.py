@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
@@ -216,6 +217,7 @@ class ImageDataModule(L.LightningDataModule):
         self.predict_paths: list[str] = []  # file of each predicted image, relative to its folder, when known
         self._permutation: torch.Tensor | None = None
         self._device_permutation: torch.Tensor | None = None  # the same, on the batches' device
+        self._generators: dict[torch.device, torch.Generator] = {}  # augmentation, one per device
         self._shuffle_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
 
@@ -329,6 +331,10 @@ class ImageDataModule(L.LightningDataModule):
                 found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
                 self.predict_paths = found.paths
             self.predict_set = IndexedImages(found.images, found.labels)
+        if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
+            # Without seed_everything each rank would take its own torch.initial_seed(): the shards of
+            # one shuffled order would overlap. Every rank takes rank 0's (a checkpoint's, on resume).
+            self._shuffle_seed = self.trainer.strategy.broadcast(self.shuffle_seed, src=0)
         if self.keep_on_device:
             self._move_to_device()
 
@@ -380,7 +386,10 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def shuffle_seed(self) -> int:
-        """The run's ``seed_everything`` seed (the same on every DDP rank), kept in checkpoints for resumes."""
+        """The run's ``seed_everything`` seed, else rank 0's initial seed, kept in checkpoints for resumes.
+
+        Shuffle and augmentation derive from it; under DDP every rank holds rank 0's (see ``setup``).
+        """
         if self._shuffle_seed is None:
             seed = os.environ.get("PL_GLOBAL_SEED")
             self._shuffle_seed = int(seed) if seed is not None else torch.initial_seed() % 2**62
@@ -414,6 +423,24 @@ class ImageDataModule(L.LightningDataModule):
             self._permutation = torch.randperm(num_pixels, generator=generator)
         return self._permutation
 
+    def _augment_generator(self, device: torch.device) -> torch.Generator | None:
+        """This rank's augmentation stream, seeded for the batch about to train.
+
+        The seed is a hash of (shuffle seed, rank, epoch, batch of the epoch): every DDP rank draws its
+        own crops, flips and jitter (the global generators are seeded alike on every rank), and a
+        resume, which restarts at the same epoch and batch, draws what the straight run drew on each
+        rank; nothing needs saving per rank. Seeding a CUDA generator is host-side: no sync.
+        """
+        if device.type == "meta":  # shape-only runs (tests): no generator exists there
+            return None
+        rank = self.trainer.global_rank
+        position = (self.trainer.current_epoch, batches_trained_this_epoch(self.trainer))
+        words = np.random.SeedSequence([self.shuffle_seed, rank, *position]).generate_state(2)
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        return generator.manual_seed(int(words[0]) << 32 | int(words[1]))
+
     def _permutation_on(self, device: torch.device, num_pixels: int) -> torch.Tensor:
         """``permutation(num_pixels)`` on ``device``, copied there once rather than with every batch."""
         permutation = self.permutation(num_pixels)
@@ -426,7 +453,7 @@ class ImageDataModule(L.LightningDataModule):
         images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
         if self.augmenter is not None and self.trainer is not None and self.trainer.training:
-            images = self.augmenter(images)
+            images = self.augmenter(images, generator=self._augment_generator(images.device))
         if self.permute_pixels:
             flat = images.flatten(2)
             images = flat[:, :, self._permutation_on(images.device, flat.shape[-1])].view_as(images)
