@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import io
 import os
 import re
@@ -232,7 +233,7 @@ def _model(setting: Setting, num_classes: int) -> L.LightningModule:
 PICTURE_CALLBACKS = ("ConfusionMatrixPlot", "MistakeGallery", "InterpretabilityDumps", "FaithfulnessScores")
 
 
-# The shipped config each model's fit rows run.
+# The models of the fit grid and the shipped config each runs (training_throughput may time more models).
 FIT_CONFIGS = {"cnn": REPO / "configs" / "cnn.yaml", "resnet_cbam": RECIPE}
 
 
@@ -310,7 +311,8 @@ def fit_images_per_second(setting: Setting, data: Path, sizes: Plan, work: Path)
     Validation and checkpoint saving are off (they would run after the timed steps anyway), and
     so is the progress bar (on a terminal it reads the loss back each refresh).
     """
-    flags = _common_flags(data, work, sizes, f"fit_{setting.model}", setting.model == "resnet_cbam")
+    pretrained = "pretrained" in inspect.signature(MODELS[setting.model]).parameters
+    flags = _common_flags(data, work, sizes, f"fit_{setting.model}", pretrained)
     flags = [*flags[: flags.index("--trainer.precision")], *flags[flags.index("--trainer.precision") + 2:]]
     run = _run_cli([
         "fit", "--config", str(fit_config(setting.model, work)), *flags,
@@ -618,7 +620,7 @@ def main(argv: list[str] | None = None) -> Table:
                       + ("; SMOKE RUN on CPU: compile uses the eager backend, numbers mean nothing" if args.smoke else "")]
     print("\n".join(table.preamble), file=sys.stderr)
 
-    grid = [Setting(model, precision, channels_last, False, keep) for model in MODELS
+    grid = [Setting(model, precision, channels_last, False, keep) for model in FIT_CONFIGS
             for precision in PRECISIONS for channels_last in (False, True) for keep in (False, True)]
     compiled = [Setting(model, precision, True, True, True)
                 for model in ("resnet_cbam", "cnn") for precision in ("bf16-mixed", "32-true")]
