@@ -16,18 +16,28 @@ would start after ``--budget`` seconds is skipped and says so):
 1. ``fit`` images/s of the CNN and ResNet18+CBAM on the 45,000 real training
    images, fp32 / bf16-mixed x NCHW / channels_last x keep_on_device off / on,
    next to the bare forward+backward+Adam step on random tensors already on the
-   device (the ceiling) and ``fit`` as a share of it;
-2. ``configs/resnet_cbam.yaml`` as shipped, ``--model.pretrained false`` and
+   device (the ceiling) and ``fit`` as a share of it. ``fit`` runs through
+   ``cli.main`` with ``configs/cnn.yaml`` or ``configs/resnet_cbam.yaml``, so
+   every callback a user gets runs (RNG state, run record, the NaN-loss check,
+   the loss plots, ...); the ResNet's unfreeze schedule is set to train every
+   layer from the start, the work the bare step does;
+2. ``cudnn``: rows of (1) with ``--trainer.benchmark true`` (cuDNN autotuning)
+   beside the same setting without (GPU only: cuDNN does not exist on CPU);
+3. ``configs/resnet_cbam.yaml`` as shipped, ``--model.pretrained false`` and
    bf16-mixed, for 6 epochs: s/epoch, the unfreeze stage of each epoch against
    the configured one (epoch 5 is the first stage change), pictures written and
-   none blank;
-3. the same recipe, stages moved to epochs 0/1/2, under ``--trainer.strategy ddp
-   --trainer.devices 1`` (NCCL on a GPU): the re-wrap at each stage change;
-4. ``test --ckpt_path best`` of that run;
-5. the ``compile`` rows of (1), last because each one compiles first.
+   none blank; then a short fit with the stages at epochs 0/1/2 times a step of
+   each stage, and the 50-epoch projection counts each epoch at its stage's
+   step time;
+4. the same recipe, stages moved to epochs 0/1/2, under ``--trainer.strategy ddp
+   --trainer.devices 1`` (NCCL on a GPU): one process on one device, so the DDP
+   code path, NCCL's set-up and the re-wrap at each stage change, never traffic
+   between devices;
+5. ``test --ckpt_path best`` of that run;
+6. the ``compile`` rows of (1), last because each one compiles first.
 
 Every row catches its own failure and prints the error in the table.
-CLI rows run ``cli.py`` in a subprocess, as a user would.
+The recipe, DDP and test rows run ``cli.py`` in a subprocess, as a user would.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import io
 import os
 import re
@@ -57,12 +68,11 @@ from PIL import Image
 
 from benchmarks.common import REPO, machine_line, print_table
 from benchmarks.training_throughput import MODELS, _StepTimer, make_step
-from datamodules import CIFAR10DataModule
 
 PREPARED = REPO / ".gpu_check"  # filled by benchmarks/gpu_prepare.sh
 RECIPE = REPO / "configs" / "resnet_cbam.yaml"
 PRECISIONS = ("32-true", "bf16-mixed")
-CHECKS = ("throughput", "recipe", "ddp", "test", "compile")  # row groups, in the order they run
+CHECKS = ("throughput", "cudnn", "recipe", "ddp", "test", "compile")  # row groups, in the order they run
 HEADER = ["check", "setting", "fit images/s", "bare step images/s", "fit / bare", "result"]
 
 
@@ -74,9 +84,10 @@ class Plan:
     test_per_class: int  # the stand-in test split: copies of training images
     val_size: int
     batch_size: int
-    warmup: int  # steps before timing starts: cuDNN autotuning, compile, allocator warm-up
+    warmup: int  # steps before timing starts: compile, cuDNN autotuning (the cudnn rows), allocator warm-up
     steps: int  # timed steps, within the first epoch
     recipe_epochs: int  # 6 reaches the shipped schedule's first change, at epoch 5
+    stage_steps: int  # timed steps of each unfreeze stage, after `warmup` steps of it
     recipe_flags: tuple[str, ...]
     ddp_flags: tuple[str, ...]
     accelerator: str = "cuda"
@@ -87,12 +98,12 @@ class Plan:
 
 GPU = Plan(
     train_per_class=5000, test_per_class=100, val_size=5000, batch_size=64, warmup=30, steps=300,
-    recipe_epochs=6, recipe_flags=(),
+    recipe_epochs=6, stage_steps=100, recipe_flags=(),
     ddp_flags=("--trainer.limit_train_batches", "100", "--trainer.limit_val_batches", "20"),
 )
 SMOKE = Plan(
     train_per_class=12, test_per_class=2, val_size=6, batch_size=8, warmup=1, steps=2,
-    recipe_epochs=2,
+    recipe_epochs=2, stage_steps=1,
     recipe_flags=("--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"),
     ddp_flags=("--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"),
     accelerator="cpu", cli_precision="32-true",
@@ -106,11 +117,13 @@ class Setting:
     channels_last: bool
     compile: bool
     keep_on_device: bool = False
+    cudnn_benchmark: bool = False
 
     def __str__(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
-        return (f"{self.model}, {self.precision}, {layout}, compile {'on' if self.compile else 'off'}, "
-                f"keep_on_device {'on' if self.keep_on_device else 'off'}")
+        return (f"{self.model}, {self.precision}, {layout}, compile {'on' if self.compile else 'off'}"
+                + (", cudnn.benchmark on" if self.cudnn_benchmark else "")
+                + f", keep_on_device {'on' if self.keep_on_device else 'off'}")
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -198,24 +211,6 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-class _SyncedStepTimer(_StepTimer):
-    """``training_throughput``'s timer, with the GPU drained where timing starts and stops."""
-
-    def __init__(self, warmup: int, last: int) -> None:
-        super().__init__(warmup)
-        self.last = last
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            _synchronize()
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == self.last:
-            _synchronize()
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-
 @contextlib.contextmanager
 def _compile_backend(smoke: bool) -> Iterator[None]:
     """In the smoke run, ``torch.compile`` traces with dynamo but skips Inductor's C++ build (minutes on 2 cores)."""
@@ -234,17 +229,104 @@ def _model(setting: Setting, num_classes: int) -> L.LightningModule:
     return MODELS[setting.model](num_classes=num_classes, channels_last=setting.channels_last, compile=setting.compile)
 
 
-def fit_images_per_second(setting: Setting, data: Path, sizes: Plan) -> float:
-    """Our ``fit`` (datamodule, on-device augmentation, Lightning loop), timed over ``sizes.steps`` steps."""
-    datamodule = CIFAR10DataModule(data_dir=data, batch_size=sizes.batch_size, val_size=sizes.val_size,
-                                   keep_on_device=setting.keep_on_device)
-    timer = _SyncedStepTimer(sizes.warmup, sizes.warmup + sizes.steps - 1)
-    trainer = L.Trainer(
-        accelerator=sizes.accelerator, devices=1, precision=setting.precision, max_steps=sizes.warmup + sizes.steps,
-        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer],
-    )
-    trainer.fit(_model(setting, datamodule.num_classes), datamodule=datamodule)
+# Callbacks that only draw or score at epoch ends: left out where a row times steps or stages.
+PICTURE_CALLBACKS = ("ConfusionMatrixPlot", "MistakeGallery", "InterpretabilityDumps", "FaithfulnessScores")
+
+
+# The models of the fit grid and the shipped config each runs (training_throughput may time more models).
+FIT_CONFIGS = {"cnn": REPO / "configs" / "cnn.yaml", "resnet_cbam": RECIPE}
+
+
+def fit_config(model: str, work: Path) -> Path:
+    """The model's shipped config; a ResNet's unfreeze schedule becomes one stage, every layer from epoch 0.
+
+    The bare step trains every layer, so ``fit / bare`` compares the same work; the recipe row
+    times each stage of the shipped schedule. The picture callbacks are left out: they act at
+    epoch ends and at the end of fit, after the timed steps (the recipe row draws them).
+    """
+    config = yaml.safe_load(FIT_CONFIGS[model].read_text())
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"]
+                                      if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
+    for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ProgressiveUnfreeze"):
+            last = callback["init_args"]["stages"][-1]
+            callback["init_args"]["stages"] = [{"epoch": 0, "train": "all", "lr": last["lr"]}]
+    path = work / f"fit_{model}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class SyncedStepTimer(_StepTimer):
+    """``training_throughput``'s timer, with the GPU drained where timing starts and stops.
+
+    Named on the command line (``--trainer.callbacks+=benchmarks.gpu_check.SyncedStepTimer``);
+    ``per_epoch`` restarts the warm-up at each epoch and keeps each epoch's (images, seconds), so
+    an unfreeze stage change (new parameters, a DDP re-wrap) is not timed as a step.
+    """
+
+    def __init__(self, warmup: int, last: int, per_epoch: bool = False) -> None:
+        super().__init__(warmup)
+        self.last = last
+        self.per_epoch = per_epoch
+        self.epochs: list[tuple[int, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.per_epoch:
+            self.images, self.start, self.end = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            _synchronize()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.last:
+            _synchronize()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.per_epoch:
+            self.epochs.append((self.images, self.end - self.start))
+
+
+def _run_cli(args: list[str]):
+    """``cli.main(args)`` in this process; a user's exit code turns into an error for the row."""
+    import cli
+
+    try:
+        return cli.main(args)
+    except SystemExit as stop:
+        raise RuntimeError(f"cli.py exited {stop.code}") from stop
+
+
+def _timer(run) -> SyncedStepTimer:
+    # By name: run as ``python -m``, this file is ``__main__``, and the CLI imports its own
+    # ``benchmarks.gpu_check``, whose class is another object.
+    return next(c for c in run.trainer.callbacks if type(c).__name__ == SyncedStepTimer.__name__)
+
+
+def fit_images_per_second(setting: Setting, data: Path, sizes: Plan, work: Path) -> float:
+    """Our ``fit`` as ``cli.py fit --config`` runs it, timed over ``sizes.steps`` steps of the first epoch.
+
+    Validation and checkpoint saving are off (they would run after the timed steps anyway), and
+    so is the progress bar (on a terminal it reads the loss back each refresh).
+    """
+    pretrained = "pretrained" in inspect.signature(MODELS[setting.model]).parameters
+    flags = _common_flags(data, work, sizes, f"fit_{setting.model}", pretrained)
+    flags = [*flags[: flags.index("--trainer.precision")], *flags[flags.index("--trainer.precision") + 2:]]
+    run = _run_cli([
+        "fit", "--config", str(fit_config(setting.model, work)), *flags,
+        "--trainer.precision", setting.precision, "--trainer.devices", "1",
+        "--trainer.max_steps", str(sizes.warmup + sizes.steps), "--trainer.limit_val_batches", "0",
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.benchmark", str(setting.cudnn_benchmark).lower(),
+        "--trainer.enable_model_summary", "false",
+        "--model.channels_last", str(setting.channels_last).lower(), "--model.compile", str(setting.compile).lower(),
+        "--data.keep_on_device", str(setting.keep_on_device).lower(),
+        "--trainer.callbacks+=benchmarks.gpu_check.SyncedStepTimer",
+        "--trainer.callbacks.warmup", str(sizes.warmup), "--trainer.callbacks.last", str(sizes.warmup + sizes.steps - 1),
+    ])
+    timer = _timer(run)
     if timer.images == 0:
         raise RuntimeError(f"no timed steps: an epoch has fewer than {sizes.warmup + sizes.steps} batches")
     return timer.images / (timer.end - timer.start)
@@ -253,6 +335,7 @@ def fit_images_per_second(setting: Setting, data: Path, sizes: Plan) -> float:
 def bare_images_per_second(setting: Setting, num_classes: int, sizes: Plan) -> float:
     """Forward+backward+Adam on random tensors already on the device: what ``fit`` could reach."""
     device = torch.device(sizes.accelerator)
+    torch.backends.cudnn.benchmark = setting.cudnn_benchmark  # as the Trainer's benchmark flag sets it
     model = _model(setting, num_classes).to(device)
     model.configure_model()  # channels_last and compile, as Lightning's fit applies them
     images = torch.rand(sizes.batch_size, 3, 32, 32, device=device)
@@ -328,9 +411,10 @@ def blank_pictures(events) -> tuple[int, list[str]]:
     return count, blank
 
 
-def _common_flags(data: Path, work: Path, sizes: Plan, name: str) -> list[str]:
+def _common_flags(data: Path, work: Path, sizes: Plan, name: str, pretrained_flag: bool = True) -> list[str]:
     flags = ["--data.data_dir", str(data), "--data.download", "false", "--data.val_size", str(sizes.val_size),
-             "--model.pretrained", "false", "--trainer.precision", sizes.cli_precision,
+             *(["--model.pretrained", "false"] if pretrained_flag else []),
+             "--trainer.precision", sizes.cli_precision,
              "--trainer.enable_progress_bar", "false",
              "--trainer.logger.init_args.save_dir", str(work / "lightning_logs"),
              "--trainer.logger.init_args.name", name,
@@ -350,20 +434,65 @@ def recipe_row(data: Path, work: Path, sizes: Plan) -> str:
     if count == 0 or blank:
         raise RuntimeError(f"{count} pictures, blank: {sorted(set(blank))}")
     val_acc = events.Scalars("val/acc")[-1].value
-    return (f"{len(seconds)} epochs: {steady:.1f} s/epoch after the first ({seconds[0]:.1f} s), 50 epochs about "
-            f"{(seconds[0] + 49 * steady) / 60:.1f} min; {_stage_check(events, RECIPE, len(seconds))}; "
-            f"{count} pictures, none blank; last val/acc {val_acc:.3f}")
+    step_seconds = stage_step_seconds(data, work, sizes)
+    stages = expected_stages(RECIPE, 50)
+    # An epoch at stage s: the measured steady epoch at stage 0, plus its batches' extra step time at s.
+    batches = _train_batches(data, sizes)
+    steady_stage0 = statistics.median(
+        [t for t, stage in zip(seconds[1:], stages[1:len(seconds)]) if stage == 0] or [steady])
+    total = seconds[0] + sum(steady_stage0 + batches * (step_seconds[s] - step_seconds[0]) for s in stages[1:])
+    by_stage = "/".join(f"{1000 * t:.1f}" for t in step_seconds)
+    return (f"{len(seconds)} epochs: {steady:.1f} s/epoch after the first ({seconds[0]:.1f} s); ms/step by stage "
+            f"{by_stage}; 50 epochs at the shipped stages about {total / 60:.1f} min; "
+            f"{_stage_check(events, RECIPE, len(seconds))}; {count} pictures, none blank; last val/acc {val_acc:.3f}")
 
 
-def squeezed_recipe(work: Path) -> tuple[Path, int]:
-    """The recipe with its three stages at epochs 0, 1, 2 and no picture callbacks: three DDP re-wraps quickly."""
+def _train_batches(data: Path, sizes: Plan) -> int:
+    """Training batches per epoch of the recipe rows: the trained images, or the flags' limit."""
+    classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
+    batches = -(-(classes * sizes.train_per_class - sizes.val_size) // sizes.batch_size)
+    if "--trainer.limit_train_batches" in sizes.recipe_flags:
+        batches = min(batches, int(sizes.recipe_flags[sizes.recipe_flags.index("--trainer.limit_train_batches") + 1]))
+    return batches
+
+
+def stage_step_seconds(data: Path, work: Path, sizes: Plan) -> list[float]:
+    """Seconds per training step in each unfreeze stage of the recipe (stages at epochs 0, 1, 2).
+
+    No pictures, validation or checkpoints: they come after the timed steps of an epoch.
+    """
+    config, epochs = squeezed_recipe(work, keep_callbacks=True)
+    run = _run_cli([
+        "fit", "--config", str(config), *_common_flags(data, work, sizes, "stages"),
+        "--trainer.max_epochs", str(epochs), "--trainer.devices", "1", "--trainer.benchmark", "false",
+        "--trainer.limit_train_batches", str(sizes.warmup + sizes.stage_steps), "--trainer.limit_val_batches", "0",
+        "--model.scheduler", "null",  # the plateau schedule needs validation; a rate's value costs no time
+        "--trainer.enable_model_summary", "false", "--trainer.enable_checkpointing", "false",
+        "--trainer.callbacks+=benchmarks.gpu_check.SyncedStepTimer", "--trainer.callbacks.warmup", str(sizes.warmup),
+        "--trainer.callbacks.last", str(sizes.warmup + sizes.stage_steps - 1), "--trainer.callbacks.per_epoch", "true",
+    ])
+    timed = _timer(run).epochs
+    if len(timed) != epochs or any(images == 0 for images, _ in timed):
+        raise RuntimeError(f"timed steps per stage: {timed}")
+    return [seconds / (images / sizes.batch_size) for images, seconds in timed]
+
+
+def squeezed_recipe(work: Path, keep_callbacks: bool = False) -> tuple[Path, int]:
+    """The recipe with its three stages at epochs 0, 1, 2: three stage changes quickly.
+
+    Without ``keep_callbacks`` only the unfreeze callback stays (the DDP row); with it, all but
+    the picture callbacks.
+    """
     config = yaml.safe_load(RECIPE.read_text())
     callbacks = config["trainer"]["callbacks"]
     (unfreeze,) = [c for c in callbacks if c["class_path"].endswith("ProgressiveUnfreeze")]
     for epoch, stage in enumerate(unfreeze["init_args"]["stages"]):
         stage["epoch"] = epoch
-    config["trainer"]["callbacks"] = [unfreeze]
-    path = work / "resnet_cbam_ddp.yaml"
+    if keep_callbacks:
+        config["trainer"]["callbacks"] = [c for c in callbacks if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
+    else:
+        config["trainer"]["callbacks"] = [unfreeze]
+    path = work / ("resnet_cbam_stages.yaml" if keep_callbacks else "resnet_cbam_ddp.yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, len(unfreeze["init_args"]["stages"])
 
@@ -438,10 +567,11 @@ class Table:
 
 
 def throughput_rows(table: Table, data: Path, sizes: Plan, settings: list[Setting], num_classes: int,
-                    bare: dict[Setting, float]) -> None:
+                    bare: dict[Setting, float], work: Path) -> None:
     """A ``fit`` row per setting, after the bare-step row of its model, precision, layout and compile."""
     for setting in settings:
-        key = Setting(setting.model, setting.precision, setting.channels_last, setting.compile)
+        key = Setting(setting.model, setting.precision, setting.channels_last, setting.compile,
+                      cudnn_benchmark=setting.cudnn_benchmark)
         if key not in bare:
             bare[key] = float("nan")  # stays so if the bare step fails or is skipped
 
@@ -452,7 +582,7 @@ def throughput_rows(table: Table, data: Path, sizes: Plan, settings: list[Settin
             table.run("bare step", str(key).rsplit(", keep_on_device", 1)[0], measure_bare)
 
         def measure(setting: Setting = setting, ceiling: float = bare[key]) -> list[str]:
-            speed = fit_images_per_second(setting, data, sizes)
+            speed = fit_images_per_second(setting, data, sizes, work)
             known = ceiling == ceiling and ceiling > 0
             return [f"{speed:,.0f}", f"{ceiling:,.0f}" if known else "", f"{speed / ceiling:.0%}" if known else "", ""]
 
@@ -490,28 +620,37 @@ def main(argv: list[str] | None = None) -> Table:
                       + ("; SMOKE RUN on CPU: compile uses the eager backend, numbers mean nothing" if args.smoke else "")]
     print("\n".join(table.preamble), file=sys.stderr)
 
-    grid = [Setting(model, precision, channels_last, False, keep) for model in MODELS
+    grid = [Setting(model, precision, channels_last, False, keep) for model in FIT_CONFIGS
             for precision in PRECISIONS for channels_last in (False, True) for keep in (False, True)]
     compiled = [Setting(model, precision, True, True, True)
                 for model in ("resnet_cbam", "cnn") for precision in ("bf16-mixed", "32-true")]
+    # cuDNN autotuning (``--trainer.benchmark``, off by default) for the fixed-size batches, against the grid's
+    # same setting with it off: the fastest setting of each model.
+    autotuned = [Setting(model, "bf16-mixed", True, False, True, cudnn_benchmark=True) for model in ("resnet_cbam", "cnn")]
     if args.smoke:  # every switch once, on the CNN; the recipe, DDP and test rows train the ResNet
         grid = [Setting("cnn", "32-true", False, False, False), Setting("cnn", "bf16-mixed", True, False, True)]
         compiled = [Setting("cnn", "bf16-mixed", True, True, True)]
     bare: dict[Setting, float] = {}
     with _compile_backend(args.smoke):
         if "throughput" in args.checks:
-            throughput_rows(table, data, sizes, grid, num_classes, bare)
+            throughput_rows(table, data, sizes, grid, num_classes, bare, args.work)
+        if "cudnn" in args.checks:
+            if sizes.accelerator == "cuda":
+                throughput_rows(table, data, sizes, autotuned, num_classes, bare, args.work)
+            else:
+                table.run("cudnn", "cudnn.benchmark on", lambda: ["", "", "", "skipped: cuDNN runs on CUDA only"])
         if "recipe" in args.checks:
             table.run("recipe", f"configs/resnet_cbam.yaml, pretrained false, {sizes.cli_precision}",
                       lambda: ["", "", "", recipe_row(data, args.work, sizes)])
         if "ddp" in args.checks:
-            table.run("DDP", f"stages at epochs 0/1/2, ddp, devices 1, {sizes.cli_precision}",
+            table.run("DDP", f"stages at epochs 0/1/2, ddp on ONE device (one process, no cross-device traffic), "
+                             f"{sizes.cli_precision}",
                       lambda: ["", "", "", ddp_row(data, args.work, sizes)])
         if "test" in args.checks:
             table.run("test", "test --ckpt_path best of the DDP run",
                       lambda: ["", "", "", test_row(data, args.work, sizes)])
         if "compile" in args.checks:
-            throughput_rows(table, data, sizes, compiled, num_classes, bare)
+            throughput_rows(table, data, sizes, compiled, num_classes, bare, args.work)
     table.preamble.append(f"total {time.perf_counter() - start:.0f} s")
     table.print()
     table.write()

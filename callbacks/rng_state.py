@@ -6,9 +6,14 @@ This callback stores the torch (CPU and CUDA), NumPy and Python generators of
 each process in plain tensors and lists, so checkpoints still load with
 ``torch.load(..., weights_only=True)``.
 
+Of CUDA it keeps the current device's generator only, the one this process
+draws from: a run saved with 4 GPUs visible resumes with 1 (a list of every
+visible device, as older checkpoints hold, could not be restored by index there).
+
 What it cannot restore: the generators inside persistent loader workers (ours do
 no random work; augmentation runs after the batch transfer) and, under DDP, the
-generators of ranks other than zero, since only rank zero writes the checkpoint.
+generators of ranks other than zero, since only rank zero writes the checkpoint
+(augmentation draws from its own per-rank stream, see ``ImageDataModule``).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def collect_rng_state() -> dict[str, Any]:
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return state
 
 
@@ -60,7 +65,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible device, by index
+            device = torch.cuda.current_device()
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 class RNGStateCheckpoint(L.Callback):

@@ -32,7 +32,10 @@ Why not Lightning's ``BaseFinetuning``: three of its choices break this project.
   optimiser and scheduler state, which then match group for group.
 - Frozen BatchNorm keeps updating its running statistics in train mode. Here
   it is put in eval mode at every epoch start (after the validation loop has
-  restored modes) unless ``train_bn`` is set.
+  restored modes) unless ``train_bn`` is set. Which BatchNorm layers are frozen
+  is kept by dotted name, not by module: ``--trainer.sync_batchnorm true``
+  replaces every BatchNorm with a new ``SyncBatchNorm`` (same name, same
+  parameters) after this callback's ``setup``.
 
 Learning rates: each stage adds one parameter group, ``stage<i>``, for the
 parameters it unfreezes, so the optimiser's moments survive an unfreeze. By
@@ -58,7 +61,6 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
@@ -68,6 +70,9 @@ from lightning_private import rewrap_ddp
 from user_input import UserInputError
 
 __all__ = ["ProgressiveUnfreeze", "Stage"]
+
+# Every BatchNorm, also after Lightning's sync_batchnorm converted it (public classes, not torch's _BatchNorm).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 ALL = "all"
 
@@ -178,7 +183,7 @@ class ProgressiveUnfreeze(L.Callback):
         self.stage = -1  # index of the stage in effect; -1 before fit starts
         self.stage_start_steps: list[int] = []
         self._trainable: list[list[nn.Parameter]] = []  # per stage, in model order
-        self._covered: list[set[int]] = []  # per stage, ids of the modules that train
+        self._covered: list[set[str]] = []  # per stage, dotted names (in pl_module) of the modules that train
 
     @property
     def stage_boundaries(self) -> list[int]:
@@ -203,7 +208,8 @@ class ProgressiveUnfreeze(L.Callback):
     def _resolve(self, pl_module: L.LightningModule) -> None:
         """Turn every stage's names into its trainable parameters and covered modules, checking them."""
         root = pl_module.net if isinstance(getattr(pl_module, "net", None), nn.Module) else pl_module
-        batch_norm = [p for m in pl_module.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
+        batch_norm = [p for m in pl_module.modules() if isinstance(m, _BATCH_NORMS) for p in m.parameters()]
+        name_of = {id(m): name for name, m in pl_module.named_modules()}
         self._trainable, self._covered = [], []
         names: list[str] = []
         for index, stage in enumerate(self.stages):
@@ -212,7 +218,7 @@ class ProgressiveUnfreeze(L.Callback):
             else:
                 names = [*names, *stage.train] if stage.extends else list(stage.train)
                 modules = [_submodule(root, name, index) for name in names]
-            covered = {id(m) for module in modules for m in module.modules()}
+            covered = {name_of[id(m)] for module in modules for m in module.modules()}
             chosen = {id(p) for module in modules for p in module.parameters()}
             if self.train_bn:
                 chosen |= {id(p) for p in batch_norm}
@@ -303,9 +309,9 @@ class ProgressiveUnfreeze(L.Callback):
         if self.train_bn:
             return
         covered = self._covered[self.stage]
-        for module in pl_module.modules():
-            if isinstance(module, _BatchNorm):
-                module.train(pl_module.training and id(module) in covered)
+        for name, module in pl_module.named_modules():
+            if isinstance(module, _BATCH_NORMS):
+                module.train(pl_module.training and name in covered)
 
     @override
     def state_dict(self) -> dict[str, Any]:

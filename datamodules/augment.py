@@ -423,7 +423,9 @@ def _shift_hue(flat: Tensor, shift: Tensor) -> Tensor:
     # n + sixths to 2 around the 6-long circle: d = |3 - |y|| with y = sixths + n - 5, exact for
     # y in [-4, 6), which holds here. No modulo and no minimum: both are slow CPU kernels, while
     # this chain runs in place on one [N, 3, 1, L] buffer.
-    offsets = torch.tensor([0.0, -2.0, -4.0], device=flat.device, dtype=flat.dtype)
+    # (0, -2, -4) made on the device: torch.tensor([...], device=...) would copy from the host,
+    # and a copy from pageable host memory waits for the GPU every batch.
+    offsets = torch.arange(0, -6, -2, device=flat.device, dtype=flat.dtype)
     y = sixths.unsqueeze(1) + offsets[None, :, None, None]
     minus_ramp = y.abs_().sub_(3.0).abs_().sub_(2.0).clamp_(-1.0, 0.0)  # -clamp(2 - d, 0, 1)
     return minus_ramp.mul_(chroma.unsqueeze(1)).add_(v.unsqueeze(1))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
@@ -50,7 +51,7 @@ class InMemoryImages(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # The DataLoader calls this with a whole batch of indices: one gather
         # instead of batch_size __getitem__ calls and a stack.
-        index = torch.as_tensor(indices)
+        index = _index_on(self.images.device, indices)
         return self.images[index], self.labels[index]
 
 
@@ -66,8 +67,23 @@ class IndexedImages(InMemoryImages):
         return self.images[index], self.labels[index], torch.tensor(index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = _index_on(self.images.device, indices)
         return self.images[index], self.labels[index], index
+
+
+def _index_on(device: torch.device, indices: list[int]) -> torch.Tensor:
+    """The batch's indices as a tensor on ``device``, where the images are (``keep_on_device``).
+
+    A CPU index into a GPU tensor is copied to the GPU by every indexing, from
+    pageable memory, which waits for the GPU: twice a batch (images and labels).
+    Here it crosses once, from pinned memory and without waiting.
+    """
+    index = torch.as_tensor(indices)
+    if device.type == "cpu":
+        return index
+    if device.type == "cuda":
+        index = index.pin_memory()
+    return index.to(device, non_blocking=True)
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +216,8 @@ class ImageDataModule(L.LightningDataModule):
         self.predict_set: IndexedImages | None = None
         self.predict_paths: list[str] = []  # file of each predicted image, relative to its folder, when known
         self._permutation: torch.Tensor | None = None
+        self._device_permutation: torch.Tensor | None = None  # the same, on the batches' device
+        self._generators: dict[torch.device, torch.Generator] = {}  # augmentation, one per device
         self._shuffle_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None  # from a checkpoint, until the train loader is built
 
@@ -313,6 +331,10 @@ class ImageDataModule(L.LightningDataModule):
                 found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
                 self.predict_paths = found.paths
             self.predict_set = IndexedImages(found.images, found.labels)
+        if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
+            # Without seed_everything each rank would take its own torch.initial_seed(): the shards of
+            # one shuffled order would overlap. Every rank takes rank 0's (a checkpoint's, on resume).
+            self._shuffle_seed = self.trainer.strategy.broadcast(self.shuffle_seed, src=0)
         if self.keep_on_device:
             self._move_to_device()
 
@@ -364,7 +386,10 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def shuffle_seed(self) -> int:
-        """The run's ``seed_everything`` seed (the same on every DDP rank), kept in checkpoints for resumes."""
+        """The run's ``seed_everything`` seed, else rank 0's initial seed, kept in checkpoints for resumes.
+
+        Shuffle and augmentation derive from it; under DDP every rank holds rank 0's (see ``setup``).
+        """
         if self._shuffle_seed is None:
             seed = os.environ.get("PL_GLOBAL_SEED")
             self._shuffle_seed = int(seed) if seed is not None else torch.initial_seed() % 2**62
@@ -398,14 +423,40 @@ class ImageDataModule(L.LightningDataModule):
             self._permutation = torch.randperm(num_pixels, generator=generator)
         return self._permutation
 
+    def _augment_generator(self, device: torch.device) -> torch.Generator | None:
+        """This rank's augmentation stream, seeded for the batch about to train.
+
+        The seed is a hash of (shuffle seed, rank, epoch, batch of the epoch): every DDP rank draws its
+        own crops, flips and jitter (the global generators are seeded alike on every rank), and a
+        resume, which restarts at the same epoch and batch, draws what the straight run drew on each
+        rank; nothing needs saving per rank. Seeding a CUDA generator is host-side: no sync.
+        """
+        if device.type == "meta":  # shape-only runs (tests): no generator exists there
+            return None
+        rank = self.trainer.global_rank
+        position = (self.trainer.current_epoch, batches_trained_this_epoch(self.trainer))
+        words = np.random.SeedSequence([self.shuffle_seed, rank, *position]).generate_state(2)
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        return generator.manual_seed(int(words[0]) << 32 | int(words[1]))
+
+    def _permutation_on(self, device: torch.device, num_pixels: int) -> torch.Tensor:
+        """``permutation(num_pixels)`` on ``device``, copied there once rather than with every batch."""
+        permutation = self.permutation(num_pixels)
+        cached = self._device_permutation
+        if cached is None or cached.device != device or len(cached) != num_pixels:
+            cached = self._device_permutation = permutation.to(device)
+        return cached
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
         if self.augmenter is not None and self.trainer is not None and self.trainer.training:
-            images = self.augmenter(images)
+            images = self.augmenter(images, generator=self._augment_generator(images.device))
         if self.permute_pixels:
             flat = images.flatten(2)
-            images = flat[:, :, self.permutation(flat.shape[-1]).to(images.device)].view_as(images)
+            images = flat[:, :, self._permutation_on(images.device, flat.shape[-1])].view_as(images)
         return images, labels, *index
 
 

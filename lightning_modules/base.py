@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from lightning_private import scheduler_parts
@@ -102,17 +102,21 @@ class ImageClassifier(L.LightningModule):
         _check_optimizer(optimizer)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the checks run torch.unique and read the result on the host, a
+        # host-device sync every step; predictions are argmaxes and cross_entropy has already
+        # refused labels outside [0, num_classes) in the same step.
+        checks = {"validate_args": False}
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", **checks)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", **checks)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", **checks)
         # Per class and confusion: a few bincounts per batch and a C x C all-reduce per epoch.
-        self.val_class_acc = MulticlassAccuracy(num_classes, average=None)
-        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
-        self.val_confusion = MulticlassConfusionMatrix(num_classes)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_class_acc = MulticlassAccuracy(num_classes, average=None, **checks)
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None, **checks)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, **checks)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, **checks)
         # The latest epoch's matrix per stage ("val", "test"), CPU int64, for ConfusionMatrixPlot.
         self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self.train_loss = MeanMetric()
+        self.train_loss = _WeightedMean()
         self.channels_last = channels_last
         self.compile_net = compile
         self.net: nn.Module
@@ -302,6 +306,30 @@ class ImageClassifier(L.LightningModule):
                 "(total_steps for OneCycleLR, T_max for CosineAnnealingLR)."
             )
         return int(steps)
+
+
+class _WeightedMean(Metric):
+    """Mean of per-batch values weighted by batch size, summed over DDP ranks; checks nothing.
+
+    torchmetrics' ``MeanMetric`` looks for NaN with a host-side ``any()`` on every update (a
+    host-device sync each step; its ``nan_strategy="disable"`` only exists in recent releases)
+    and turns an ``int`` weight into a tensor copied from the host. A non-finite loss is the
+    fault-tolerance callback's to catch, before the backward pass.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value.detach() * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
 
 
 def _step_count_arguments(cls: type, given: dict[str, Any]) -> list[str]:

@@ -224,3 +224,31 @@ def test_pointing_game():
     assert pointing_game(cams, masks) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="same shape"):
         pointing_game(cams, masks[:, :4])
+
+
+def test_a_compiled_network_gives_the_uncompiled_maps_and_activations(monkeypatch):
+    """Hooks added after ``torch.compile`` are not called by compiled code: attributions run eagerly."""
+    from functools import partial
+
+    from lightning_modules.cnn import CNNSEClassifier
+
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))  # no C++ build, same hooks
+    torch.manual_seed(0)
+    classifier = CNNSEClassifier(num_classes=3, widths=(4, 8, 8), hidden=16, compile=True)
+    classifier.configure_model()
+    compiled = classifier._compiled_net
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    classifier(x).sum().backward()  # compiled in training mode, as during fit
+    classifier.zero_grad()
+    layers = resolve_layers(classifier.net, ["conv1", "conv3.conv", "conv3.se.gate"])
+
+    def pictures() -> list[torch.Tensor]:
+        maps = gradcam(classifier, x, None, layers)
+        acts = capture_activations(classifier, x, layers)
+        return [*maps.values(), *acts.values(), guided_backprop(classifier, x, 1)]
+
+    with_compile = pictures()
+    object.__setattr__(classifier, "_compiled_net", None)
+    for got, expected in zip(with_compile, pictures(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert compiled is not None and no_hooks(classifier)

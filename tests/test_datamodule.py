@@ -210,3 +210,42 @@ def test_eval_shards_cover_every_sample_once_without_padding(size):
     shards = [list(EvalShardSampler(range(size), num_replicas=2, rank=rank)) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(size))
     assert [len(EvalShardSampler(range(size), num_replicas=2, rank=rank)) for rank in (0, 1)] == list(map(len, shards))
+
+
+def _rank_view(tiny_data, monkeypatch, rank: int, processed: int = 0) -> CIFAR10DataModule:
+    """A datamodule in training, as DDP rank ``rank`` sees it ``processed`` batches into epoch 0."""
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10, batch_size=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    trainer.state.stage = "train"
+    trainer.fit_loop.epoch_loop.batch_progress.current.processed = processed
+    monkeypatch.setattr(trainer.strategy, "_global_rank", rank, raising=False)
+    monkeypatch.setattr(type(trainer), "global_rank", property(lambda t: t.strategy._global_rank))
+    dm.trainer = trainer
+    dm._shuffle_seed = 7  # the seed every rank agreed on
+    return dm
+
+
+def test_each_rank_augments_with_its_own_stream_that_a_resume_redraws(tiny_data, monkeypatch):
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = (images, torch.zeros(8, dtype=torch.int64))
+    global_state = torch.get_rng_state()
+    rank0, rank1 = (_rank_view(tiny_data, monkeypatch, rank).on_after_batch_transfer(batch, 0)[0] for rank in (0, 1))
+    assert not torch.equal(rank0, rank1)  # batch position i gets other crops, flips and jitter on rank 1
+    # What a resume at the same epoch and batch draws on rank 1, and that the next batch draws anew.
+    again = _rank_view(tiny_data, monkeypatch, 1).on_after_batch_transfer(batch, 0)[0]
+    later = _rank_view(tiny_data, monkeypatch, 1, processed=3).on_after_batch_transfer(batch, 0)[0]
+    assert torch.equal(again, rank1) and not torch.equal(later, rank1)
+    assert torch.equal(global_state, torch.get_rng_state())  # the global generators are training's
+
+
+def test_ranks_agree_on_rank_0s_shuffle_seed_without_seed_everything(tiny_data, monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    dm = CIFAR10DataModule(data_dir=tiny_data, val_size=10, batch_size=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    monkeypatch.setattr(type(trainer), "world_size", property(lambda t: 2))
+    sent = []
+    monkeypatch.setattr(trainer.strategy, "broadcast", lambda obj, src=0: sent.append((obj, src)) or 12345)
+    dm.trainer = trainer
+    dm.setup("fit")
+    assert sent == [(torch.initial_seed() % 2**62, 0)] and dm.shuffle_seed == 12345
+    assert dm.train_dataloader().sampler.seed == 12345

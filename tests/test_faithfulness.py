@@ -195,6 +195,27 @@ def test_randomizing_the_top_layer_changes_only_it_and_restores_it():
     assert all(p is q for p, q in zip(params, net.parameters())) and torch.equal(rng, torch.get_rng_state())
 
 
+def test_randomizing_layers_seeds_no_global_generator(monkeypatch):
+    """``torch.manual_seed`` reseeds every CUDA generator as well; scoring must leave them to training."""
+    seeded = []
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: seeded.append(("torch", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(("cuda", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(("cuda", seed)))
+    net = CNN(3, 10)
+    rng = torch.get_rng_state()
+    with randomized_top_layers(net, 1, seed=3):
+        first = net.classifier[4].weight.clone()
+    with randomized_top_layers(net, 1, seed=3):
+        again = net.classifier[4].weight.clone()
+    assert seeded == [] and torch.equal(rng, torch.get_rng_state())
+    # PyTorch's default init of the layer under that seed, as torch.manual_seed(3) gave before.
+    expected = torch.nn.Linear(512, 10)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(3)
+        expected.reset_parameters()
+    assert torch.equal(first, expected.weight) and torch.equal(again, first)
+
+
 def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0})
     accumulator.Reload()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import yaml
 
 from benchmarks import gpu_check
 from tests.conftest import REPO
@@ -20,18 +23,21 @@ def test_smoke_run_fills_every_row_without_an_error(tmp_path):
     table = result.stdout
     assert out.read_text().strip() == table.strip()  # the file is the printed table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| check")]
-    assert len(rows) == 9
-    assert not [row for row in rows if "error" in row or "skipped" in row]
+    assert len(rows) == 10
     by_check = {}
     for row in rows:
         by_check.setdefault(row.split(" | ")[0].strip("| "), []).append(row)
+    (cudnn,) = by_check.pop("cudnn")  # cuDNN autotuning is measured on a GPU only
+    assert "skipped: cuDNN runs on CUDA only" in cudnn
+    assert not [row for rows in by_check.values() for row in rows if "error" in row or "skipped" in row]
     assert len(by_check["fit"]) == 3 and len(by_check["bare step"]) == 3  # one row per switch, compile included
     assert all(row.split(" | ")[4].endswith("%") for row in by_check["fit"])  # fit as a share of the bare step
     assert [row for row in by_check["fit"] if "compile on" in row and "keep_on_device on" in row]
     (recipe,) = by_check["recipe"]
     assert "2 epochs" in recipe and "stages by epoch 0,0 as configured" in recipe and "none blank" in recipe
+    assert re.search(r"ms/step by stage [0-9.]+/[0-9.]+/[0-9.]+; 50 epochs at the shipped stages", recipe)
     (ddp,) = by_check["DDP"]
-    assert "stages by epoch 0,1,2 as configured" in ddp
+    assert "stages by epoch 0,1,2 as configured" in ddp and "ONE device" in ddp
     (test,) = by_check["test"]
     assert "test/acc" in test
     assert "36 training files (30 trained, 6 validated) from 12 generated noise images, tiled" in table
@@ -64,6 +70,18 @@ def test_lay_out_tiles_the_carried_images_with_links(tmp_path):
     files = sorted((tmp_path / "data" / "train" / "class1").iterdir())
     assert len(files) == 7 and files[0].read_bytes() == files[3].read_bytes() == files[6].read_bytes()
     assert [p.name for p in sorted((tmp_path / "data" / "test" / "class0").iterdir())] == ["00_0000.png", "00_0001.png"]
+
+
+def test_fit_rows_run_the_shipped_config_with_every_layer_training(tmp_path):
+    """The fit rows get the config's per-step callbacks; the ResNet's schedule trains all, as the bare step does."""
+    config = yaml.safe_load(gpu_check.fit_config("resnet_cbam", tmp_path).read_text())
+    shipped = yaml.safe_load(gpu_check.RECIPE.read_text())
+    names = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    drawing = [f"callbacks.{name}" for name in gpu_check.PICTURE_CALLBACKS]
+    assert names == [c["class_path"] for c in shipped["trainer"]["callbacks"] if c["class_path"] not in drawing]
+    assert "callbacks.LossPlots" in names  # it works every step
+    (unfreeze,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ProgressiveUnfreeze")]
+    assert unfreeze["init_args"]["stages"] == [{"epoch": 0, "train": "all", "lr": 1.0e-5}]
 
 
 def test_expected_stages_follow_the_shipped_schedule():

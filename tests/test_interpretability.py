@@ -352,3 +352,18 @@ def test_cli_validate_draws_and_explain_reads_the_run_config(tiny_data, run_cli,
 def test_an_unknown_method_is_refused_before_training_with_the_valid_names(callback):
     with pytest.raises(ValueError, match=r"Unknown methods \['gradient'\]\.\nHINT: choose from \['guided_backprop'"):
         callback(layers=["conv1"], methods=["gradient", "deconvolution"])
+
+
+def test_a_compiled_model_fits_with_picture_dumps(tiny_data, tmp_path, monkeypatch):
+    """``--model.compile true``: the dumps hook the eager network, which the compiled one never calls."""
+    from functools import partial
+
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))  # no C++ build, same hooks
+    L.seed_everything(0)
+    model = CNNSEClassifier(num_classes=3, widths=(4, 8, 8), hidden=16, compile=True)
+    trainer = tiny_trainer(tmp_path, [InterpretabilityDumps(LAYERS, every_n_epochs=1)], max_epochs=1,
+                           limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, tiny_datamodule(tiny_data))
+    assert model._compiled_net is not None
+    images = tensorboard_images(tmp_path / "run/version_0")
+    assert set(images) == set(TAGS) and all(len(images[tag]) == 1 for tag in TAGS)

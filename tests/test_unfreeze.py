@@ -239,3 +239,23 @@ def test_ddp_replicas_stay_identical_through_every_stage_and_a_resume(tiny_data,
         assert record["identical"], record
     # The weights moved: stages after the first really trained, on every rank alike.
     assert len({r["checksum"] for r in records}) == 4
+
+
+def test_frozen_batchnorm_stays_frozen_after_sync_batchnorm_conversion():
+    """Lightning converts BatchNorm to SyncBatchNorm after the callbacks' setup (``--trainer.sync_batchnorm``)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from tests.unfreeze_helpers import TINY_STAGES, TinyClassifier
+
+    model = TinyClassifier(num_classes=3)
+    unfreeze = ProgressiveUnfreeze(TINY_STAGES)
+    trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"), current_epoch=1)
+    unfreeze.setup(trainer, model, "fit")
+    model.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.net)  # what the strategy's setup does
+    unfreeze.stage = 1  # stage 1: conv1, fc and layer2 train; bn1 and layer1 stay frozen
+    model.train()
+    unfreeze._apply_batch_norm_modes(model)
+    modes = {name: m.training for name, m in model.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)}
+    assert modes == {"net.bn1": False, "net.layer1.1": False, "net.layer2.1": True}

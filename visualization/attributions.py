@@ -77,6 +77,11 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     ``requires_grad`` and ``.grad``, and the CPU (and, if initialised, CUDA)
     RNG state. Autocast is off inside: a map is computed in fp32 whatever
     precision the run trains in, so pictures and scores do not change with it.
+    Compiled code is off inside too (``torch.compiler.set_stance("force_eager")``):
+    a ``torch.compile``-d network (``--model.compile true``) runs its original
+    eager ``forward``, so the forward and backward hooks that Captum and
+    :func:`capture_activations` add after compiling fire; a compiled graph
+    would not call them ("Forward hook did not obtain any outputs").
 
     Tensors created under inference mode cannot enter an autograd graph; pass
     inputs through :func:`prepare_inputs` inside this context.
@@ -96,7 +101,12 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     device_type = (_model_device(model) or torch.device("cpu")).type
     try:
-        with torch.inference_mode(False), torch.enable_grad(), _autocast_off(device_type):
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            _autocast_off(device_type),
+            torch.compiler.set_stance("force_eager"),
+        ):
             model.eval()
             for p in params:
                 p.grad = None

@@ -31,6 +31,7 @@ from explicit generators.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -380,8 +381,12 @@ def randomized_top_layers(model: nn.Module, count: int = 1, seed: int = 0) -> It
     Layers are the modules with their own ``weight`` (convolutions, linear
     layers, attention convs), in ``named_modules`` order, normalisation
     layers left out; the top is the last (the logits layer first). Each is
-    reset with its own ``reset_parameters`` (PyTorch's default init) under a
-    seeded, forked RNG. On exit, also after an exception, the trained
+    reset with its own ``reset_parameters`` (PyTorch's default init), run on a
+    CPU copy of the layer under a forked and seeded CPU generator, and the new
+    values are copied in: no generator of any device is left changed (a
+    ``torch.manual_seed`` would reseed every CUDA generator too, resetting the
+    training stream after each scoring), and a seed gives the same weights on
+    every device. On exit, also after an exception, the trained
     values are copied back into the same parameter objects, so an optimiser
     holding them notices nothing. (In place rather than on a deep copy: a
     LightningModule's copy would copy its trainer.)
@@ -404,9 +409,12 @@ def randomized_top_layers(model: nn.Module, count: int = 1, seed: int = 0) -> It
     saved = [[p.detach().clone() for p in module.parameters(recurse=False)] for _, module in layers]
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU's only; fork_rng restores it
             for _, module in layers:
-                module.reset_parameters()
+                fresh = copy.deepcopy(module).cpu()
+                fresh.reset_parameters()
+                for p, value in zip(module.parameters(recurse=False), fresh.parameters(recurse=False)):
+                    p.copy_(value)
         yield [name for name, _ in layers]
     finally:
         with torch.no_grad():
