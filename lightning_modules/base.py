@@ -122,6 +122,15 @@ class ImageClassifier(L.LightningModule):
     def in_channels(self) -> int:
         return self.input_shape[0]
 
+    @property
+    def explainable_layers(self) -> tuple[str, ...]:
+        """Layers of ``net`` the picture and score callbacks explain by default, low to high.
+
+        Each architecture names its own (``conv1..conv3``, ``layer1..layer4``); empty for a
+        network without spatial feature maps (the MLP), which gets no Grad-CAM callbacks.
+        """
+        return tuple(getattr(self.net, "explainable_layers", ()))
+
     def configure_model(self) -> None:
         """Apply the speed options once the network exists and sits on its device."""
         if self.channels_last:
