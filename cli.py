@@ -7,6 +7,13 @@ normalisation) is linked into the model, never typed twice. Runs log to
 when one is given; ``--ckpt_path last`` (fit) and ``--ckpt_path best``
 (validate/test/predict) find the newest run of that name on disk and continue
 logging into it. ``--trainer.enable_checkpointing false`` runs without any.
+
+What every run gets is declared once, in ``STANDARD_CALLBACKS``, not copied into
+each recipe: each callback is a config key and a flag group of its own
+(``--pictures.every_n_epochs 2``, or ``pictures: {every_n_epochs: 2}`` in a
+config), switched off with ``--pictures null``. The Grad-CAM callbacks explain
+the layers the model names (``explainable_layers``) and are left out for a
+model without any (the MLPs).
 Mistakes in the user's input (``UserInputError``) exit with status 2 and a
 ``HINT:``; anything else is a bug and keeps its traceback.
 """
@@ -19,15 +26,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
     AtomicCheckpointIO,
+    ConfusionMatrixPlot,
     DeferredRequeue,
+    FaithfulnessScores,
+    InterpretabilityDumps,
     LastCheckpoint,
+    LossPlots,
+    MistakeGallery,
+    PredictionWriter,
     RNGStateCheckpoint,
     RunRecorder,
     StopOnNonFiniteLoss,
@@ -40,6 +53,20 @@ from user_input import UserInputError, user_input_errors_raised
 
 # The checkpoint callbacks every run gets unless checkpointing is turned off.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
+
+# What every run gets besides checkpoints, by config key (README, "What every run gets").
+# `--<key>.<arg> value` or `<key>: {<arg>: value}` changes a setting; `--<key> null` switches it off.
+STANDARD_CALLBACKS: dict[str, type[Callback]] = {
+    "lr_monitor": LearningRateMonitor,  # each parameter group's rate, at its scheduler's interval
+    "predictions": PredictionWriter,  # predict: <run folder>/predictions.csv
+    "confusion_matrix": ConfusionMatrixPlot,  # confusion_matrix/val, confusion_matrix/test
+    "loss_plots": LossPlots,  # loss/iterations, loss/epochs and plots/*.png
+    "mistakes": MistakeGallery,  # mistakes/val, mistakes/test: surest errors, Grad-CAM
+    "pictures": InterpretabilityDumps,  # gradcam/*, features/*, attention/* (docs/pictures.md)
+    "faithfulness": FaithfulnessScores,  # faithfulness/<metric>/<method> scalars (docs/pictures.md)
+}
+# The ones that explain conv layers: left out for a model whose network names none (the MLPs).
+EXPLAINING_KEYS = ("mistakes", "pictures", "faithfulness")
 
 
 class ProjectCLI(LightningCLI):
@@ -61,6 +88,10 @@ class ProjectCLI(LightningCLI):
             }
         )
         parser.add_class_arguments(LastCheckpoint, "last_checkpoint", fail_untyped=False, sub_configs=True)
+        # Optional subclass groups, not plain class groups: a config or a flag can set one to null.
+        for key, callback in STANDARD_CALLBACKS.items():
+            parser.add_subclass_arguments(callback, key, required=False, fail_untyped=False)
+            parser.set_defaults({key: {"class_path": f"{callback.__module__}.{callback.__qualname__}"}})
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -123,7 +154,8 @@ class ProjectCLI(LightningCLI):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        if trainer.get("logger") is False:  # the configs' rate monitor has nowhere to log: leave it out
+        callbacks += self._standard_callbacks(config, callbacks)
+        if trainer.get("logger") is False:  # a rate monitor has nowhere to log: leave it out
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if trainer.get("enable_checkpointing") is not False:
             callbacks += [config[key] for key in CHECKPOINT_KEYS]
@@ -133,6 +165,27 @@ class ProjectCLI(LightningCLI):
             if isinstance(callback, RunRecorder) and choice is not None:
                 callback.precision_reason = choice.reason
         return trainer
+
+    def _standard_callbacks(self, config: Any, listed: list[Callback]) -> list[Callback]:
+        """The ``STANDARD_CALLBACKS`` not switched off and applying to the model.
+
+        Raises:
+            UserInputError: ``trainer.callbacks`` lists one of them too (two writers of one file).
+        """
+        for callback in listed:
+            key = next((key for key, kind in STANDARD_CALLBACKS.items() if type(callback) is kind), None)
+            if key is not None:
+                raise UserInputError(
+                    f"trainer.callbacks lists {type(callback).__name__}, which every run already gets as `{key}`.\n"
+                    f"HINT: remove it from trainer.callbacks; set its options under `{key}:` in the config "
+                    f"(or --{key}.<option>), or switch it off with `{key}: null`."
+                )
+        explains = bool(getattr(self.model, "explainable_layers", ()))
+        return [
+            config[key]
+            for key in STANDARD_CALLBACKS
+            if config.get(key) is not None and (explains or key not in EXPLAINING_KEYS)
+        ]
 
     def instantiate_classes(self) -> None:
         with user_input_errors_raised() as raised:
@@ -189,7 +242,8 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
     return quoted[-1] if quoted else None
 
 
-def main(args: list[str] | None = None) -> ProjectCLI:
+def main(args: list[str] | None = None, run: bool = True) -> ProjectCLI:
+    """Parse ``args`` (default: ``sys.argv``) and run the subcommand; ``run=False``: build the classes only."""
     # Lightning's summary sizes parameters at 32 bits under mixed precision and says so on every run.
     warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
     try:
@@ -204,6 +258,7 @@ def main(args: list[str] | None = None) -> ProjectCLI:
                 "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss(), DeferredRequeue()]
             },
             args=args,
+            run=run,
         )
     except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM; a scheduler must see the job did not finish
         print("Stopped by SIGTERM. Resume with --ckpt_path last.", file=sys.stderr)
