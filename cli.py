@@ -20,6 +20,7 @@ Mistakes in the user's input (``UserInputError``) exit with status 2 and a
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import warnings
@@ -28,7 +29,9 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+import lightning as L
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
@@ -149,9 +152,7 @@ class ProjectCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self.config_init.get(str(self.subcommand), self.config_init)
         trainer = config.get("trainer") or {}
-        # Atomic checkpoint writes unless the config brings its own plugins.
-        if not trainer.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        kwargs.setdefault("plugins", _with_atomic_checkpoints(trainer.get("plugins")))
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         callbacks += self._standard_callbacks(config, callbacks)
@@ -160,11 +161,20 @@ class ProjectCLI(LightningCLI):
         if trainer.get("enable_checkpointing") is not False:
             callbacks += [config[key] for key in CHECKPOINT_KEYS]
         trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        self._new_run_dir = _new_run_dir(trainer)
         choice = getattr(self, "precision_choice", None)
         for callback in trainer.callbacks:
             if isinstance(callback, RunRecorder) and choice is not None:
                 callback.precision_reason = choice.reason
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a run that fails before its first training step leaves no empty ``version_N`` behind."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            _remove_failed_start(self.trainer, getattr(self, "_new_run_dir", None))
+            raise
 
     def _standard_callbacks(self, config: Any, listed: list[Callback]) -> list[Callback]:
         """The ``STANDARD_CALLBACKS`` not switched off and applying to the model.
@@ -196,6 +206,40 @@ class ProjectCLI(LightningCLI):
                 if user_error is None:
                     raise  # a bug, not a bad config: keep the traceback
                 self.parser.error(str(user_error))
+
+
+def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The user's ``--trainer.plugins`` plus ``AtomicCheckpointIO``, unless they bring a checkpoint writer of their own."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    own = [p for p in plugins if isinstance(p, CheckpointIO)]
+    if own:
+        rank_zero_warn(
+            f"--trainer.plugins brings its own checkpoint writer ({type(own[0]).__name__}): checkpoints are not "
+            "written atomically (AtomicCheckpointIO), and NaN weights are not refused."
+        )
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
+
+
+def _new_run_dir(trainer: L.Trainer) -> Path | None:
+    """The run folder this command will create (a new ``version_N``), or None when it exists or is not local."""
+    try:
+        folder = trainer.log_dir
+    except Exception:  # a logger without a folder (e.g. a remote one)
+        return None
+    if folder is None or "://" in str(folder) or Path(folder).exists():
+        return None
+    return Path(folder)
+
+
+def _remove_failed_start(trainer: L.Trainer | None, folder: Path | None) -> None:
+    """Remove the run folder a failed command created if nothing was trained into it (rank zero removes)."""
+    if trainer is None or folder is None or trainer.global_step > 0 or not folder.is_dir():
+        return
+    if any(folder.rglob("*.ckpt")):
+        return  # something a resume can use: keep it
+    if trainer.is_global_zero:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settle_precision(trainer: Any) -> PrecisionChoice:

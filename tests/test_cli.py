@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.nn import functional as F
 
 from cli import STANDARD_CALLBACKS, main
-from tests.conftest import CONFIGS, REPO
+from callbacks import AtomicCheckpointIO
+from tests.conftest import CONFIGS, NO_PICTURES, REPO
 from tests.pictures_helpers import tensorboard_images
 
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -199,6 +200,35 @@ def test_test_with_best_and_no_run_names_the_fix(tiny_data, run_cli, capsys):
         run_cli("test", *tiny_args(REPO / "configs/cnn.yaml", tiny_data), "--ckpt_path", "best")
     assert exit_info.value.code == 2
     assert "run `fit` with this config first" in capsys.readouterr().err
+
+
+def test_resuming_with_max_epochs_below_the_checkpoints_exits_2_and_keeps_the_run(tiny_data, run_cli, tmp_path, capsys):
+    fit = _train(run_cli, tiny_data, "--trainer.max_epochs", 2, *NO_PICTURES)
+    run = Path(fit.trainer.log_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--ckpt_path", "last", *NO_PICTURES)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trained 2 epochs, more than --trainer.max_epochs 1" in err and "HINT: resume with --trainer.max_epochs 2" in err
+    assert (run / "checkpoints/last.ckpt").is_file()  # a refused resume removes nothing of the run it resumes
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+
+
+def test_a_failed_start_leaves_no_run_folder(tiny_data, run_cli, tmp_path, capsys):
+    # 4 steps at pct_start 0.25: OneCycleLR's warm-up is empty, refused in configure_optimizers (after setup
+    # wrote config.yaml into a new version_0).
+    args = ["--config", REPO / "configs/cnn_fast.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12, *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *args, "--trainer.max_epochs", 1, "--data.batch_size", 16, *NO_PICTURES)
+    assert exit_info.value.code == 2 and "HINT:" in capsys.readouterr().err
+    assert not list((tmp_path / "lightning_logs/cnn_fast").glob("version_*"))
+
+
+def test_a_users_plugins_keep_the_atomic_checkpoint_writer(tiny_data):
+    args = [*tiny_args(REPO / "configs/cnn.yaml", tiny_data), "--trainer.plugins",
+            "lightning.fabric.plugins.environments.LightningEnvironment"]
+    built = main([str(a) for a in args], run=False)
+    assert isinstance(built.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def _empty_class(tmp_path: Path, tiny_data: Path) -> Path:
