@@ -14,6 +14,7 @@ each recipe: each callback is a config key and a flag group of its own
 config), switched off with ``--pictures null``. The Grad-CAM callbacks explain
 the layers the model names (``explainable_layers``) and are left out for a
 model without any (the MLPs).
+
 Mistakes in the user's input (``UserInputError``) exit with status 2 and a
 ``HINT:``; anything else is a bug and keeps its traceback.
 """
@@ -27,10 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lightning as L
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
