@@ -7,6 +7,7 @@ import signal
 
 import lightning as L
 
+from callbacks import PredictionWriter
 from lightning_modules import CNNClassifier
 from lightning_private import batches_trained_this_epoch
 
@@ -34,13 +35,13 @@ class CrashAtStep(L.Callback):
 
 
 class NaNInputAtStep(L.Callback):
-    """Poison one training batch with NaN, as corrupt data or an overflow upstream would."""
+    """Poison one training batch with NaN, as corrupt data or an overflow upstream would; on one rank if given."""
 
-    def __init__(self, step: int = 6) -> None:
-        self.step = step
+    def __init__(self, step: int = 6, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             batch[0].fill_(float("nan"))
 
 
@@ -60,3 +61,26 @@ class BatchesTrainedRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.seen.append((trainer.current_epoch, batch_idx, batches_trained_this_epoch(trainer)))
+
+
+class PredictionWriterLosingARank(PredictionWriter):
+    """A ``PredictionWriter`` that drops the rows of one rank, as a lost shard would: rank zero's merge must fail."""
+
+    def __init__(self, rank: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rank = rank
+
+    def write_on_batch_end(self, trainer, *args, **kwargs) -> None:
+        if trainer.global_rank != self.rank:
+            super().write_on_batch_end(trainer, *args, **kwargs)
+
+
+class NaNWeightsAtValidation(L.Callback):
+    """Put NaN into a BatchNorm running variance as validation of ``epoch`` starts, as a diverged step would."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            next(m for m in pl_module.modules() if hasattr(m, "running_var")).running_var.fill_(float("nan"))

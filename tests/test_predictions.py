@@ -222,14 +222,15 @@ def test_explain_writes_the_mistakes_of_a_checkpoint(fitted, tiny_data, tmp_path
     grid_cells(picture, rows=3, cols=3)
 
 
-def test_ddp_predict_writes_every_image_once(fitted, tiny_data, tmp_path):
-    # 7 images over 2 ranks: shards of 4 and 3, no padding to repeat one.
+def test_ddp_predict_writes_every_image_once_and_a_failed_merge_stops_every_rank(fitted, tiny_data, tmp_path):
+    # 7 images over 2 ranks: shards of 4 and 3, no padding to repeat one. The rows travel through the
+    # process group (no shared files), so this holds across machines without a shared filesystem too.
     mine = tmp_path / "mine"
     for i, name in enumerate((CLASSES * 3)[:7]):
         (mine / name).mkdir(parents=True, exist_ok=True)
         (mine / name / f"{i}.png").write_bytes((tiny_data / "test" / name / f"{i % 6:03d}.png").read_bytes())
     command = [sys.executable, str(REPO / "cli.py"), "predict", *map(str, tiny_args(CNN, tiny_data)),
-               "--ckpt_path", str(fitted), "--data.predict_dir", str(mine),
+               "--ckpt_path", str(fitted), "--data.predict_dir", str(mine), "--pictures", "null",
                "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -240,3 +241,15 @@ def test_ddp_predict_writes_every_image_once(fitted, tiny_data, tmp_path):
     assert [r["file"] for r in rows] == [f.relative_to(mine).as_posix() for f in files]
     assert_rows_match(rows, model_probs(fitted, files), [f.parent.name for f in files])
     assert not list(path.parent.glob(".predictions.csv*"))
+
+    # Rank 1's rows lost: rank zero's merge fails, and both ranks stop with its message (none waits at a
+    # barrier for the timeout to end it); no predictions.csv is written.
+    path.unlink()
+    lossy = [*command, "--predictions", "tests.fault_helpers.PredictionWriterLosingARank"]
+    result = subprocess.run(lossy, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    failures = sorted(line for line in result.stderr.splitlines() if "RuntimeError: Writing the predictions" in line)
+    assert [line.split(":")[0] for line in failures] == ["[rank0]", "[rank1]"], result.stderr[-3000:]
+    assert failures[0].removeprefix("[rank0]") == failures[1].removeprefix("[rank1]")
+    assert "hold 4 rows for 7 images (missing: [1, 3, 5]" in failures[0]
+    assert not list((tmp_path / "lightning_logs").rglob("predictions.csv"))
