@@ -30,7 +30,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -40,6 +40,7 @@ from callbacks import (
     ConfusionMatrixPlot,
     DeferredRequeue,
     FaithfulnessScores,
+    FiniteCheckpoint,
     InterpretabilityDumps,
     LastCheckpoint,
     LossPlots,
@@ -68,6 +69,7 @@ STANDARD_CALLBACKS: dict[str, type[Callback]] = {
     "mistakes": MistakeGallery,  # mistakes/val, mistakes/test: surest errors, Grad-CAM
     "pictures": InterpretabilityDumps,  # gradcam/*, features/*, attention/* (docs/pictures.md)
     "faithfulness": FaithfulnessScores,  # faithfulness/<metric>/<method> scalars (docs/pictures.md)
+    "nan_stop": StopOnNonFiniteLoss,  # every rank stops at the first NaN/Inf loss (check_every_n_steps: 1)
 }
 # The ones that explain conv layers: left out for a model whose network names none (the MLPs).
 EXPLAINING_KEYS = ("mistakes", "pictures", "faithfulness")
@@ -81,7 +83,7 @@ class ProjectCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         # Added as plain class groups, not as Lightning's callback keys, so that
         # instantiate_trainer can leave them out under enable_checkpointing=False.
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
+        parser.add_class_arguments(FiniteCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -300,7 +302,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ProjectCLI:
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 # DeferredRequeue: SLURM's SIGUSR1 checkpoint at a step boundary (docs/cluster.md)
-                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss(), DeferredRequeue()]
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), DeferredRequeue()]
             },
             args=args,
             run=run,

@@ -57,7 +57,7 @@ def standard_callbacks(trainer) -> dict[str, object]:
 # FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4): the same code paths and
 # tags at a third of the forward passes (on ResNet the scoring was two thirds of the test's time).
 STANDARD_NAMES = ("LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots", "MistakeGallery",
-                  "InterpretabilityDumps", "FaithfulnessScores")
+                  "InterpretabilityDumps", "FaithfulnessScores", "StopOnNonFiniteLoss")
 SHORT_FAITHFULNESS_CURVES = ["--faithfulness.steps", 2, "--faithfulness.road_steps", 1]
 # The test metrics are compared with an fp32 hand count: on a CPU with bf16 the automatic
 # bf16-mixed moved the MLP's test/loss by 8e-4 (relative). test_precision covers bf16.
@@ -69,7 +69,7 @@ def test_every_config_gets_every_standard_callback_that_applies(config, request)
     data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
     built = main([str(a) for a in tiny_args(config, data)], run=False)
     # Named here, not read from cli.STANDARD_CALLBACKS: dropping one there must fail this test.
-    expected = {"LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots"}
+    expected = {"LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots", "StopOnNonFiniteLoss"}
     if "MLP" in type(built.model).__name__:  # no conv layers: no Grad-CAM callbacks
         assert built.model.explainable_layers == ()
     else:
