@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -263,8 +264,17 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
     assert list(rows) == [
         "gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam", "random", "centre"
     ]
-    assert 0 <= float(rows["gradcam_conv3"]["deletion_auc"]) <= 1
-    assert float(rows["gradcam_conv3"]["deletion_auc_low"]) <= float(rows["gradcam_conv3"]["deletion_auc_high"])
+    # The table holds the scores of these images: the library's, computed here on the files read with PIL
+    # (in explain's sorted order), and their bootstrap interval.
+    model = CNNClassifier.load_from_checkpoint(ckpt, weights_only=True).eval()
+    files = sorted(images.rglob("*.png"))
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    result = faithfulness_scores(model, pixels.float().div(255), ["conv1", "conv3"], layer_root=model.net)
+    for metric in ("deletion_auc", "insertion_auc"):
+        values = result.scores[metric]["gradcam_conv3"]
+        low, high = bootstrap_interval(values)
+        in_table = [float(rows["gradcam_conv3"][f"{metric}{end}"]) for end in ("", "_low", "_high")]
+        assert in_table == pytest.approx([float(values.mean()), low, high], rel=1e-5), metric
     assert "| gradcam_conv3 |" in (out / "faithfulness.md").read_text()
 
     one = tmp_path / "one"
