@@ -292,7 +292,13 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
 def main(args: list[str] | None = None, run: bool = True) -> ProjectCLI:
     """Parse ``args`` (default: ``sys.argv``) and run the subcommand; ``run=False``: build the classes only."""
     # Lightning's summary sizes parameters at 32 bits under mixed precision and says so on every run.
-    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+    # Filtered for this call only: an in-process caller (a notebook, the tests) gets its filters back.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+        return _run(args, run)
+
+
+def _run(args: list[str] | None, run: bool) -> ProjectCLI:
     try:
         return ProjectCLI(
             ImageClassifier,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 
 import lightning as L
 
@@ -84,3 +85,21 @@ class NaNWeightsAtValidation(L.Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
             next(m for m in pl_module.modules() if hasattr(m, "running_var")).running_var.fill_(float("nan"))
+
+
+class WarningFiltersRecorder(L.Callback):
+    """Keep ``warnings.filters`` as a run's first hook (``setup``) saw them and as its last one saw them.
+
+    Compared inside the run: ``cli.main`` puts the caller's filters back when it returns, which would hide a
+    filter a callback or a loader installs for programs that use those classes without it.
+    """
+
+    def __init__(self) -> None:
+        self.at_setup: list | None = None
+        self.at_end: list | None = None
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.at_setup = list(warnings.filters)
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self.at_end = list(warnings.filters)
