@@ -7,6 +7,7 @@ import signal
 import warnings
 
 import lightning as L
+import torch
 
 from callbacks import PredictionWriter
 from lightning_modules import CNNClassifier
@@ -103,3 +104,11 @@ class WarningFiltersRecorder(L.Callback):
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self.at_end = list(warnings.filters)
+
+
+class ConfusionMatrixSaver(L.Callback):
+    """Save each rank's validation confusion matrix, as the module kept it, to ``confusion_rank<r>.pt`` (cwd)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            torch.save(pl_module.confusion_matrices["val"], f"confusion_rank{trainer.global_rank}.pt")

@@ -64,10 +64,12 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
 @pytest.mark.parametrize(("ctrl_c", "workers"), [(True, 0), (False, 2)], ids=["ctrl-c", "exception-2-workers"])
 def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers):
     straight = _straight_run(run_cli, tiny_data, workers)
-    with pytest.raises((SystemExit, RuntimeError)):
+    # Ctrl-C: Lightning's graceful shutdown exits 1; a crash: the error itself, with its traceback.
+    with pytest.raises(SystemExit if ctrl_c else RuntimeError) as raised:
         run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--data.num_workers", workers,
                 "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 6,
                 "--trainer.callbacks.init_args.ctrl_c", str(ctrl_c).lower())
+    assert (raised.value.code == 1) if ctrl_c else (str(raised.value) == "injected crash")
     assert "HINT: resume with the same command plus --ckpt_path last" in capsys.readouterr().err
     last = tmp_path / "lightning_logs/cnn/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6
@@ -282,7 +284,8 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     # 13 validation images do not split evenly over 2 ranks: a padded shard would count one twice.
     odd = ["--data.val_size", 13]
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--trainer.max_epochs", 2,
-                          "--trainer.devices", 2, "--trainer.strategy", "ddp", timeout=600)
+                          "--trainer.devices", 2, "--trainer.strategy", "ddp",
+                          "--trainer.callbacks+=tests.fault_helpers.ConfusionMatrixSaver", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "lightning_logs" / "cnn").iterdir())
     assert [r.name for r in runs] == ["version_0"]
@@ -295,8 +298,13 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--ckpt_path",
                      runs[0] / "checkpoints" / "last.ckpt")
     assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
-    # Per-class accuracy is summed over the ranks too (report.py reads these tags).
-    assert int(single.model.confusion_matrices["val"].sum()) == 13
+    # The confusion matrix (ConfusionMatrixPlot draws it) is summed over the ranks: each DDP rank kept the
+    # whole split's matrix (13 images, not its shard's 7 or 6), the one a single process counts.
+    whole = single.model.confusion_matrices["val"]
+    assert int(whole.sum()) == 13
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"confusion_rank{rank}.pt", weights_only=True), whole), rank
+    # So is the per-class accuracy the DDP run logged (report.py reads these tags).
     per_class = [tag for tag in single.trainer.callback_metrics if tag.startswith("val/acc_per_class/")]
     assert per_class
     for tag in per_class:
