@@ -25,8 +25,10 @@ import math
 import os
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -46,6 +48,7 @@ __all__ = [
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "non_finite_weights",
+    "replaced_atomically",
 ]
 
 
@@ -58,13 +61,37 @@ def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
     ]
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file beside the target, fsync, then ``os.replace``; never NaN weights.
+@contextmanager
+def replaced_atomically(path: str | Path, mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+    """A file to write ``path`` through: a temporary beside it, fsynced and renamed over ``path`` when complete.
 
-    The temporary file is created with ``os.open(..., 0o666)`` so the umask
-    decides its mode, as for every other file the run writes (``mkstemp``
-    would make checkpoints readable by their owner only).
+    An interrupted write (killed job, full disk, an exception in the block)
+    leaves the previous ``path`` and no temporary behind. The temporary is
+    created with ``os.open(..., 0o666)`` so the umask decides its mode, as for
+    every other file the run writes (``mkstemp`` would make it readable by its
+    owner only).
+
+    Args:
+        path: The file to (re)place; its folder must exist.
+        mode: ``"wb"`` or ``"w"``.
+        **open_args: For ``open``, e.g. ``newline=""`` for CSV.
     """
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, mode, **open_args) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` through ``replaced_atomically``: a temporary file renamed over the target; never NaN weights."""
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
@@ -77,19 +104,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if get_filesystem(path).protocol not in ("file", ("file", "local")):
             super().save_checkpoint(checkpoint, path)  # object stores replace whole objects anyway
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with replaced_atomically(path) as file:
+            torch.save(checkpoint, file)
 
 
 class FiniteCheckpoint(ModelCheckpoint):

@@ -14,8 +14,6 @@ the sampler indices Lightning recorded.
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import distributed
+
+from callbacks.fault_tolerance import replaced_atomically
 from typing_extensions import override
 
 __all__ = ["PredictionWriter", "prediction_rows"]
@@ -167,17 +167,10 @@ class PredictionWriter(BasePredictionWriter):
                 f"(missing: {sorted(set(wanted) - set(indices))[:10]}, repeated: "
                 f"{sorted(i for i, n in Counter(indices).items() if n > 1)[:10]}); {self.path} was not written."
             )
-        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
-        try:
-            with os.fdopen(handle, "w", newline="") as file:
-                writer = csv.DictWriter(file, self._columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        with replaced_atomically(self.path, "w", newline="") as file:
+            writer = csv.DictWriter(file, self._columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _gather_to_rank_zero(rows: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
