@@ -71,7 +71,7 @@ class _EvaluationPicture(L.Callback):
 class ConfusionMatrixPlot(_EvaluationPicture):
     """``confusion_matrix/val`` and ``confusion_matrix/test``: counts of true against predicted class.
 
-    Drawn with torchmetrics' own ``plot_confusion_matrix`` from the matrix the
+    Drawn with torchmetrics' own ``MulticlassConfusionMatrix.plot`` from the matrix the
     module computed for the epoch; the class labels carry each class's
     accuracy. The per-class accuracies are also scalars, logged by the module
     (``val/acc_per_class/<class>``). Costs one small figure per drawing.

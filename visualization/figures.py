@@ -34,7 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from torchmetrics.utilities.plot import plot_confusion_matrix
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 __all__ = [
     "GRID_PAD",
@@ -575,7 +575,8 @@ def confusion_matrix_figure(matrix: Tensor, classes: Sequence[str], title: str =
     side = 2.5 + 0.55 * len(classes)  # inches: about 55 px per cell at 100 dpi, room for the labels
     fig = _new_figure(side + 1.0, side)
     ax = fig.add_subplot()
-    plot_confusion_matrix(matrix, ax=ax, add_text=True, labels=list(classes))
+    # The metric's public plot (torchmetrics' own drawing) of a matrix it did not have to compute.
+    MulticlassConfusionMatrix(num_classes=len(classes)).plot(val=matrix, ax=ax, add_text=True, labels=list(classes))
     totals = matrix.sum(dim=1)
     ax.set_yticklabels(
         [f"{name} {100 * matrix[c, c].item() / totals[c].item():.0f}%" if totals[c] else f"{name} -"
