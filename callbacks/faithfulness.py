@@ -99,7 +99,7 @@ class FaithfulnessScores(ProbeSchedule):
             self.images = state_dict["images"]
 
     @override
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not scalar_loggers(trainer):
             return
         if self.images is None:

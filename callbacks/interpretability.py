@@ -113,7 +113,7 @@ class InterpretabilityDumps(ProbeSchedule):
             self.classes = list(state_dict["classes"])
 
     @override
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         stage = trainer.state.fn

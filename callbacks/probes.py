@@ -72,11 +72,11 @@ def _as_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 class ProbeSchedule(L.Callback):
-    """When the probe callbacks run, and the layer check they share; subclasses implement ``_dump``.
+    """When the probe callbacks run, and the layer check they share; subclasses implement ``_probe``.
 
     During ``fit``: at the end of every ``every_n_epochs``-th training epoch
     (after its validation) and at the end of fit unless that step was just
-    done; never in the sanity check (``_dump`` checks). Under ``validate``,
+    done; never in the sanity check (``_probe`` checks). Under ``validate``,
     ``test`` and ``predict``: once at the end of the loop. ``setup`` resolves
     ``layers`` in the model's ``net``, so a misspelt name fails before training.
 
@@ -117,27 +117,28 @@ class ProbeSchedule(L.Callback):
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_step != trainer.global_step:
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
+        self._probe(trainer, pl_module)
 
     @override
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
+        self._probe(trainer, pl_module)
 
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run the callback on its probe images now: draw the pictures, or compute the scores."""
         raise NotImplementedError
 
 
