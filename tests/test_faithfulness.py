@@ -25,7 +25,7 @@ from visualization.faithfulness import (
     auc,
     bootstrap_interval,
     centre_map,
-    deletion_curve,
+    deletion_insertion_curve,
     faithfulness_scores,
     linear_impute,
     random_map,
@@ -95,8 +95,8 @@ def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselin
     n, sigmoid = len(images), lambda v: 1 / (1 + math.exp(-v))
     on, off = sigmoid(GAIN * (0.9 - 0.5)), sigmoid(GAIN * (0.0 - 0.5))  # patch at 0.9, or removed (fill 0)
     # 16 steps of 64 pixels: the first step removes exactly the patch, the rest changes nothing.
-    deletion = deletion_curve(model, images, patch_map(n), steps=16, mode="delete", fill=0.0)
-    insertion = deletion_curve(model, images, patch_map(n), steps=16, mode="insert", fill=0.0)
+    deletion = deletion_insertion_curve(model, images, patch_map(n), steps=16, mode="delete", fill=0.0)
+    insertion = deletion_insertion_curve(model, images, patch_map(n), steps=16, mode="insert", fill=0.0)
     torch.testing.assert_close(deletion, torch.tensor([on] + [off] * 16).expand(n, -1), rtol=0, atol=1e-6)
     torch.testing.assert_close(insertion, torch.tensor([off] + [on] * 16).expand(n, -1), rtol=0, atol=1e-6)
 
@@ -107,7 +107,8 @@ def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselin
         "elsewhere": far_corner_map(n),
     }
     areas = {
-        mode: {name: auc(deletion_curve(model, images, m, steps=16, mode=mode, fill=0.0)) for name, m in maps.items()}
+        mode: {name: auc(deletion_insertion_curve(model, images, m, steps=16, mode=mode, fill=0.0))
+               for name, m in maps.items()}
         for mode in ("delete", "insert")
     }
     for baseline in ("random", "centre", "elsewhere"):

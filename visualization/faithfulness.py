@@ -61,7 +61,7 @@ __all__ = [
     "auc",
     "bootstrap_interval",
     "centre_map",
-    "deletion_curve",
+    "deletion_insertion_curve",
     "faithfulness_scores",
     "linear_impute",
     "markdown_table",
@@ -163,7 +163,7 @@ def removal_masks(maps: Tensor, fractions: Tensor, seed: int = 0) -> Tensor:
     return (rank[:, None, :] < counts[None, :, None]).view(n, len(fractions), height, width)
 
 
-def deletion_curve(
+def deletion_insertion_curve(
     model: nn.Module,
     images: Tensor,
     maps: Tensor,
@@ -288,7 +288,7 @@ def road_curve(
     """ROAD, most relevant first: like deletion, but removed pixels are imputed by :func:`linear_impute`.
 
     Args:
-        model, images, maps, targets, fill: As in :func:`deletion_curve`.
+        model, images, maps, targets, fill: As in :func:`deletion_insertion_curve`.
         steps: Curve points after the first; point ``k`` has ``k / steps`` removed.
         noise: Imputation noise (see :func:`linear_impute`).
         seed: Seeds the noise and the order of equal pixels, so a score is the same on every call.
@@ -484,7 +484,7 @@ def faithfulness_scores(
         attention: Score CBAM spatial gates where the model has them.
         steps: Points of the deletion and insertion curves after the first.
         road_steps: Points of the ROAD curve after the first (0: no ROAD).
-        fill: What a removed pixel becomes (see :func:`deletion_curve`):
+        fill: What a removed pixel becomes (see :func:`deletion_insertion_curve`):
             the blurred image by default, or a value per channel.
         randomize_layers: Top layers re-initialised for the sanity check (0: no check).
         seed: Seeds the random map, the order of equal pixels, ROAD's noise and the re-initialised weights.
@@ -504,8 +504,8 @@ def faithfulness_scores(
     baselines = {"random": random_map(count, size, torch.Generator().manual_seed(seed)), "centre": centre_map(count, size)}
     result = FaithfulnessResult()
     runs = {
-        "deletion": lambda m: deletion_curve(model, x, m, targets, steps, "delete", fill, seed),
-        "insertion": lambda m: deletion_curve(model, x, m, targets, steps, "insert", fill, seed),
+        "deletion": lambda m: deletion_insertion_curve(model, x, m, targets, steps, "delete", fill, seed),
+        "insertion": lambda m: deletion_insertion_curve(model, x, m, targets, steps, "insert", fill, seed),
     }
     if road_steps > 0:
         runs["road"] = lambda m: road_curve(model, x, m, targets, road_steps, fill, seed=seed)
