@@ -50,6 +50,7 @@ from visualization.attributions import (
     prepare_inputs,
     resolve_layers,
 )
+from visualization import tables
 from visualization.pictures import INPUT_METHODS, attention_gates, check_input_methods, input_attributions
 
 __all__ = [
@@ -594,15 +595,11 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     """The rows of :func:`summary_rows` as a Markdown table, ``mean [low, high]`` per cell."""
     columns = [*(m for m in METRICS if m in rows[0]), *(f"{c}_vs_random" for c in CURVES if f"{c}_vs_random" in rows[0])]
-    lines = [
-        "| method | " + " | ".join(columns) + " | flagged |",
-        "| --- |" + " --- |" * (len(columns) + 1),
+    cells = [
+        [row["method"], *(_cell(row, column) for column in columns), {True: "yes", False: "no"}.get(row["flagged"], "")]
+        for row in rows
     ]
-    for row in rows:
-        cells = [_cell(row, column) for column in columns]
-        flag = {True: "yes", False: "no"}.get(row["flagged"], "")
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {flag} |")
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(["method", *columns, "flagged"], cells) + "\n"
 
 
 def _cell(row: Mapping[str, object], column: str) -> str:
