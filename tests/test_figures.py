@@ -1,4 +1,4 @@
-"""Figures render to finite, non-blank pixels; blank inputs stay finite."""
+"""Charts render to what they should show; grids place and colour their cells; blank inputs stay finite."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import torch
 from matplotlib.figure import Figure
 
 from tests.pictures_helpers import grid_cells as cells
-from visualization.figures import (
+from visualization.figures import channel_gates_figure, epoch_curves_figure, figure_to_image, loss_curve_figure
+from visualization.grids import (
     GRID_PAD,
-    channel_gates_figure,
-    epoch_curves_figure,
     feature_maps_grid,
-    figure_to_image,
     gradcam_grid,
     heatmap_overlay,
     image_grid,
     layer_gradcam_grid,
-    loss_curve_figure,
     spatial_gates_grid,
     top_channels_grid,
 )

@@ -22,7 +22,7 @@ from tests.conftest import REPO, write_image_folder
 from tests.pictures_helpers import grid_cells, tensorboard_images, tiny_trainer
 from tests.test_cli import tiny_args
 from visualization.attributions import gradcam, resolve_layers
-from visualization.figures import heatmap_overlay
+from visualization.grids import heatmap_overlay
 from visualization.pictures import most_confident_mistakes
 
 CNN = REPO / "configs" / "cnn.yaml"
