@@ -7,27 +7,45 @@ normalisation) is linked into the model, never typed twice. Runs log to
 when one is given; ``--ckpt_path last`` (fit) and ``--ckpt_path best``
 (validate/test/predict) find the newest run of that name on disk and continue
 logging into it. ``--trainer.enable_checkpointing false`` runs without any.
+
+What every run gets is declared once, in ``STANDARD_CALLBACKS``, not copied into
+each recipe: each callback is a config key and a flag group of its own
+(``--pictures.every_n_epochs 2``, or ``pictures: {every_n_epochs: 2}`` in a
+config), switched off with ``--pictures null``. The Grad-CAM callbacks explain
+the layers the model names (``explainable_layers``) and are left out for a
+model without any (the MLPs).
+
 Mistakes in the user's input (``UserInputError``) exit with status 2 and a
 ``HINT:``; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+import lightning as L
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks import (
     AtomicCheckpointIO,
+    ConfusionMatrixPlot,
     DeferredRequeue,
+    FaithfulnessScores,
+    FiniteCheckpoint,
+    InterpretabilityDumps,
     LastCheckpoint,
+    LossPlots,
+    MistakeGallery,
+    PredictionWriter,
     RNGStateCheckpoint,
     RunRecorder,
     StopOnNonFiniteLoss,
@@ -41,6 +59,21 @@ from user_input import UserInputError, user_input_errors_raised
 # The checkpoint callbacks every run gets unless checkpointing is turned off.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
 
+# What every run gets besides checkpoints, by config key (README, "What every run gets").
+# `--<key>.<arg> value` or `<key>: {<arg>: value}` changes a setting; `--<key> null` switches it off.
+STANDARD_CALLBACKS: dict[str, type[Callback]] = {
+    "lr_monitor": LearningRateMonitor,  # each parameter group's rate, at its scheduler's interval
+    "predictions": PredictionWriter,  # predict: <run folder>/predictions.csv
+    "confusion_matrix": ConfusionMatrixPlot,  # confusion_matrix/val, confusion_matrix/test
+    "loss_plots": LossPlots,  # loss/iterations, loss/epochs and plots/*.png
+    "mistakes": MistakeGallery,  # mistakes/val, mistakes/test: surest errors, Grad-CAM
+    "pictures": InterpretabilityDumps,  # gradcam/*, features/*, attention/* (docs/pictures.md)
+    "faithfulness": FaithfulnessScores,  # faithfulness/<metric>/<method> scalars (docs/pictures.md)
+    "nan_stop": StopOnNonFiniteLoss,  # every rank stops at the first NaN/Inf loss (check_every_n_steps: 1)
+}
+# The ones that explain conv layers: left out for a model whose network names none (the MLPs).
+EXPLAINING_KEYS = ("mistakes", "pictures", "faithfulness")
+
 
 class ProjectCLI(LightningCLI):
     """LightningCLI with data-to-model links, best/last checkpoints and on-disk run lookup."""
@@ -50,7 +83,7 @@ class ProjectCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         # Added as plain class groups, not as Lightning's callback keys, so that
         # instantiate_trainer can leave them out under enable_checkpointing=False.
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
+        parser.add_class_arguments(FiniteCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -61,6 +94,10 @@ class ProjectCLI(LightningCLI):
             }
         )
         parser.add_class_arguments(LastCheckpoint, "last_checkpoint", fail_untyped=False, sub_configs=True)
+        # Optional subclass groups, not plain class groups: a config or a flag can set one to null.
+        for key, callback in STANDARD_CALLBACKS.items():
+            parser.add_subclass_arguments(callback, key, required=False, fail_untyped=False)
+            parser.set_defaults({key: {"class_path": f"{callback.__module__}.{callback.__qualname__}"}})
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -118,21 +155,50 @@ class ProjectCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self.config_init.get(str(self.subcommand), self.config_init)
         trainer = config.get("trainer") or {}
-        # Atomic checkpoint writes unless the config brings its own plugins.
-        if not trainer.get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        kwargs.setdefault("plugins", _with_atomic_checkpoints(trainer.get("plugins")))
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        if trainer.get("logger") is False:  # the configs' rate monitor has nowhere to log: leave it out
+        callbacks += self._standard_callbacks(config, callbacks)
+        if trainer.get("logger") is False:  # a rate monitor has nowhere to log: leave it out
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if trainer.get("enable_checkpointing") is not False:
             callbacks += [config[key] for key in CHECKPOINT_KEYS]
         trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        self._new_run_dir = _new_run_dir(trainer)
         choice = getattr(self, "precision_choice", None)
         for callback in trainer.callbacks:
             if isinstance(callback, RunRecorder) and choice is not None:
                 callback.precision_reason = choice.reason
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a run that fails before its first training step leaves no empty ``version_N`` behind."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            _remove_failed_start(self.trainer, getattr(self, "_new_run_dir", None))
+            raise
+
+    def _standard_callbacks(self, config: Any, listed: list[Callback]) -> list[Callback]:
+        """The ``STANDARD_CALLBACKS`` not switched off and applying to the model.
+
+        Raises:
+            UserInputError: ``trainer.callbacks`` lists one of them too (two writers of one file).
+        """
+        for callback in listed:
+            key = next((key for key, kind in STANDARD_CALLBACKS.items() if type(callback) is kind), None)
+            if key is not None:
+                raise UserInputError(
+                    f"trainer.callbacks lists {type(callback).__name__}, which every run already gets as `{key}`.\n"
+                    f"HINT: remove it from trainer.callbacks; set its options under `{key}:` in the config "
+                    f"(or --{key}.<option>), or switch it off with `{key}: null`."
+                )
+        explains = bool(getattr(self.model, "explainable_layers", ()))
+        return [
+            config[key]
+            for key in STANDARD_CALLBACKS
+            if config.get(key) is not None and (explains or key not in EXPLAINING_KEYS)
+        ]
 
     def instantiate_classes(self) -> None:
         with user_input_errors_raised() as raised:
@@ -143,6 +209,40 @@ class ProjectCLI(LightningCLI):
                 if user_error is None:
                     raise  # a bug, not a bad config: keep the traceback
                 self.parser.error(str(user_error))
+
+
+def _with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The user's ``--trainer.plugins`` plus ``AtomicCheckpointIO``, unless they bring a checkpoint writer of their own."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    own = [p for p in plugins if isinstance(p, CheckpointIO)]
+    if own:
+        rank_zero_warn(
+            f"--trainer.plugins brings its own checkpoint writer ({type(own[0]).__name__}): checkpoints are not "
+            "written atomically (AtomicCheckpointIO), and NaN weights are not refused."
+        )
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
+
+
+def _new_run_dir(trainer: L.Trainer) -> Path | None:
+    """The run folder this command will create (a new ``version_N``), or None when it exists or is not local."""
+    try:
+        folder = trainer.log_dir
+    except Exception:  # a logger without a folder (e.g. a remote one)
+        return None
+    if folder is None or "://" in str(folder) or Path(folder).exists():
+        return None
+    return Path(folder)
+
+
+def _remove_failed_start(trainer: L.Trainer | None, folder: Path | None) -> None:
+    """Remove the run folder a failed command created if nothing was trained into it (rank zero removes)."""
+    if trainer is None or folder is None or trainer.global_step > 0 or not folder.is_dir():
+        return
+    if any(folder.rglob("*.ckpt")):
+        return  # something a resume can use: keep it
+    if trainer.is_global_zero:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settle_precision(trainer: Any) -> PrecisionChoice:
@@ -189,9 +289,16 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
     return quoted[-1] if quoted else None
 
 
-def main(args: list[str] | None = None) -> ProjectCLI:
+def main(args: list[str] | None = None, run: bool = True) -> ProjectCLI:
+    """Parse ``args`` (default: ``sys.argv``) and run the subcommand; ``run=False``: build the classes only."""
     # Lightning's summary sizes parameters at 32 bits under mixed precision and says so on every run.
-    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+    # Filtered for this call only: an in-process caller (a notebook, the tests) gets its filters back.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+        return _run(args, run)
+
+
+def _run(args: list[str] | None, run: bool) -> ProjectCLI:
     try:
         return ProjectCLI(
             ImageClassifier,
@@ -201,9 +308,10 @@ def main(args: list[str] | None = None) -> ProjectCLI:
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 # DeferredRequeue: SLURM's SIGUSR1 checkpoint at a step boundary (docs/cluster.md)
-                "callbacks": [RNGStateCheckpoint(), RunRecorder(), StopOnNonFiniteLoss(), DeferredRequeue()]
+                "callbacks": [RNGStateCheckpoint(), RunRecorder(), DeferredRequeue()]
             },
             args=args,
+            run=run,
         )
     except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM; a scheduler must see the job did not finish
         print("Stopped by SIGTERM. Resume with --ckpt_path last.", file=sys.stderr)

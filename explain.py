@@ -68,8 +68,12 @@ def run_config(ckpt: Path) -> dict[str, Any]:
 
 
 def configured_layers(config: dict[str, Any]) -> list[str] | None:
-    """The layers of the run's InterpretabilityDumps callback, if it had one."""
-    for callback in (config.get("trainer") or {}).get("callbacks") or []:
+    """The layers the run's InterpretabilityDumps callback was given, if any (else the model's own are used).
+
+    cli.py keeps it under ``pictures``; runs from before that listed it in ``trainer.callbacks``.
+    """
+    listed = (config.get("trainer") or {}).get("callbacks") or []
+    for callback in [config.get("pictures"), *listed]:
         if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith(CALLBACK_NAME):
             return list((callback.get("init_args") or {}).get("layers") or []) or None
     return None
@@ -159,10 +163,10 @@ def explain(
     ``faithfulness_curves.png`` (see ``write_faithfulness``).
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
-    layers = list(layers or configured_layers(run_config(ckpt)) or [])
+    layers = list(layers or configured_layers(run_config(ckpt)) or model.explainable_layers)
     if not layers:
         raise ExplainError(
-            "No layers to explain: the run's config names none.\n"
+            f"No layers to explain: neither the run's config nor {type(model).__name__} names any.\n"
             "HINT: pass --layers, e.g. --layers conv1 conv2 conv3 (CNN) or layer1 layer2 layer3 layer4 (ResNet)."
         )
     probes = stored_probes(checkpoint)

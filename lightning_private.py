@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["batches_trained_this_epoch", "rewrap_ddp", "scheduler_parts"]
+__all__ = ["batches_trained_this_epoch", "epochs_trained", "rewrap_ddp", "saves_every_n_train_steps", "scheduler_parts"]
 
 
 def batches_trained_this_epoch(trainer: L.Trainer) -> int:
@@ -32,6 +32,35 @@ def batches_trained_this_epoch(trainer: L.Trainer) -> int:
     prefetch. Checked against Lightning 2.6.0 (the floor) and 2.6.6.
     """
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def epochs_trained(checkpoint: dict[str, Any]) -> int | None:
+    """Epochs whose training ``checkpoint`` holds in full: the ``current_epoch`` a resumed fit starts at; None if unsaid.
+
+    Relies on ``checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]``:
+    an epoch-end save (``last.ckpt``) counts its epoch as processed, not yet
+    completed, and Lightning's restart turns processed into completed; a
+    mid-epoch save (SIGTERM) has not processed its epoch. Lightning itself only
+    compares ``completed`` with ``max_epochs`` (raising when larger), so one
+    epoch below the checkpoint's passes silently and trains nothing. The public
+    ``checkpoint["epoch"]`` cannot tell the two saves apart. Checked against
+    Lightning 2.6.0 (the floor) and 2.6.6.
+    """
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return None
+
+
+def saves_every_n_train_steps(callback: Any) -> int:
+    """The ``every_n_train_steps`` a ``ModelCheckpoint`` was built with (0: it saves at epoch ends only).
+
+    Relies on ``ModelCheckpoint._every_n_train_steps``, set in ``__init__`` from
+    the public argument; ``FiniteCheckpoint`` checks the weights at a training
+    step only when a save there is possible, not at every step. Checked against
+    Lightning 2.6.0 (the floor) and 2.6.6.
+    """
+    return int(getattr(callback, "_every_n_train_steps", 0) or 0)
 
 
 def rewrap_ddp(trainer: L.Trainer) -> None:

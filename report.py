@@ -43,6 +43,7 @@ from typing import Any
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks.run_record import RUN_RECORD_FILE
+from visualization import tables
 from visualization.report_figures import Curve, accuracy_curves
 
 __all__ = ["SPEC_RESULTS", "ReportError", "Run", "group_runs", "markdown_table", "read_run", "results_markdown",
@@ -326,9 +327,9 @@ def markdown_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) ->
               "SPEC: source's test acc (%)", "test/acc (%)", "epochs", "s/epoch"]
     header += [f"to {100 * t:g} % val/acc" for t in thresholds]
     header += ["inference img/s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for config, runs in groups.items():
-        cells = [
+        rows.append([
             config,
             runs[0].model,
             f"{runs[0].parameters:,}",
@@ -341,9 +342,8 @@ def markdown_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) ->
             _cell([run.seconds_per_epoch for run in runs], lambda v: f"{v:.1f}"),
             *(_time_to_cell(runs, f"{t:g}") for t in thresholds),
             _cell([run.inference_images_per_second for run in runs], lambda v: f"{v:,.0f}"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ])
+    return tables.markdown_table(header, rows)
 
 
 def per_class_table(groups: dict[str, list[Run]], stage: str) -> str | None:
@@ -355,13 +355,12 @@ def per_class_table(groups: dict[str, list[Run]], stage: str) -> str | None:
     classes = sorted({name for seeds in by_config.values() for per_class in seeds for name in per_class})
     if not classes:
         return None
-    lines = ["| config | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
-    for config, seeds in by_config.items():
-        if not any(seeds):
-            continue
-        cells = [_cell([per_class.get(name) for per_class in seeds], _percent) for name in classes]
-        lines.append(f"| {config} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [config, *(_cell([per_class.get(name) for per_class in seeds], _percent) for name in classes)]
+        for config, seeds in by_config.items()
+        if any(seeds)
+    ]
+    return tables.markdown_table(["config", *classes], rows)
 
 
 def _environment_lines(runs: Sequence[Run]) -> list[str]:

@@ -38,14 +38,14 @@ FAITHFULNESS_EVERY = inspect.signature(FaithfulnessScores).parameters["every_n_e
 
 
 class TimedDump:
-    """Mixin for a ``ProbeSchedule`` callback: adds up the seconds and the calls of its ``_dump``."""
+    """Mixin for a ``ProbeSchedule`` callback: adds up the seconds and the calls of its ``_probe``."""
 
     seconds = 0.0
     calls = 0
 
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = time.perf_counter()
-        super()._dump(trainer, pl_module)
+        super()._probe(trainer, pl_module)
         self.seconds += time.perf_counter() - start
         self.calls += 1
 

@@ -2,7 +2,7 @@
 
 from callbacks.evaluation_pictures import ConfusionMatrixPlot, MistakeGallery
 from callbacks.faithfulness import FaithfulnessScores
-from callbacks.fault_tolerance import AtomicCheckpointIO, LastCheckpoint, StopOnNonFiniteLoss
+from callbacks.fault_tolerance import AtomicCheckpointIO, FiniteCheckpoint, LastCheckpoint, StopOnNonFiniteLoss
 from callbacks.interpretability import InterpretabilityDumps
 from callbacks.loss_plots import LossPlots
 from callbacks.predictions import PredictionWriter
@@ -16,6 +16,7 @@ __all__ = [
     "ConfusionMatrixPlot",
     "DeferredRequeue",
     "FaithfulnessScores",
+    "FiniteCheckpoint",
     "InterpretabilityDumps",
     "LastCheckpoint",
     "LossPlots",

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
-from callbacks.probes import layer_root
+from callbacks.probes import explained_layers, layer_root
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from visualization.attributions import resolve_layers
 from visualization.figures import confusion_matrix_figure, figure_to_image
@@ -71,7 +71,7 @@ class _EvaluationPicture(L.Callback):
 class ConfusionMatrixPlot(_EvaluationPicture):
     """``confusion_matrix/val`` and ``confusion_matrix/test``: counts of true against predicted class.
 
-    Drawn with torchmetrics' own ``plot_confusion_matrix`` from the matrix the
+    Drawn with torchmetrics' own ``MulticlassConfusionMatrix.plot`` from the matrix the
     module computed for the epoch; the class labels carry each class's
     accuracy. The per-class accuracies are also scalars, logged by the module
     (``val/acc_per_class/<class>``). Costs one small figure per drawing.
@@ -100,15 +100,17 @@ class MistakeGallery(_EvaluationPicture):
     gathered over DDP ranks; no extra pass over the data.
 
     Args:
-        layer: Layer of the model's ``net`` explained, e.g. ``conv3`` or ``layer4``.
+        layer: Layer of the model's ``net`` explained, e.g. ``conv3`` or ``layer4``; ``None``: the
+            last of the network's ``explainable_layers``, set at ``setup``.
         count: Mistakes shown.
         every_n_epochs: During fit, draw after every this many epochs' validation.
     """
 
-    def __init__(self, layer: str, count: int = 8, every_n_epochs: int = 1) -> None:
+    def __init__(self, layer: str | None = None, count: int = 8, every_n_epochs: int = 1) -> None:
         super().__init__(every_n_epochs)
         if count < 1:
             raise ValueError(f"count={count} must be at least 1.\nHINT: e.g. count: 8.")
+        self.given_layer = layer
         self.layer = layer
         self.count = count
         self.chosen: dict[str, torch.Tensor] = {}  # the latest gallery's images, labels, preds, confidences
@@ -116,6 +118,8 @@ class MistakeGallery(_EvaluationPicture):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        given = None if self.given_layer is None else [self.given_layer]
+        self.layer = explained_layers(pl_module, given, type(self).__name__)[-1]
         resolve_layers(layer_root(pl_module), [self.layer])  # a misspelt layer fails now, with the valid names
 
     @override

@@ -53,7 +53,8 @@ class FaithfulnessScores(ProbeSchedule):
     side by side.
 
     Args:
-        layers: Grad-CAM layers, low to high, as names in the model's ``net``.
+        layers: Grad-CAM layers, low to high, as names in the model's ``net``; ``None``: the
+            network's ``explainable_layers``.
         every_n_epochs: Score every this many training epochs.
         images_per_class: Validation images per class.
         methods: Input-resolution methods to score (a subset of
@@ -67,7 +68,7 @@ class FaithfulnessScores(ProbeSchedule):
 
     def __init__(
         self,
-        layers: Sequence[str],
+        layers: Sequence[str] | None = None,
         every_n_epochs: int = 5,
         images_per_class: int = 1,
         methods: Sequence[str] = INPUT_METHODS,
@@ -98,7 +99,7 @@ class FaithfulnessScores(ProbeSchedule):
             self.images = state_dict["images"]
 
     @override
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not scalar_loggers(trainer):
             return
         if self.images is None:

@@ -63,7 +63,8 @@ class InterpretabilityDumps(ProbeSchedule):
 
     Args:
         layers: Layers to explain, low to high, as dotted names in the model's
-            ``net`` (``conv1``, ``layer4``, ``features.40``).
+            ``net`` (``conv1``, ``layer4``, ``features.40``); ``None``: the network's
+            ``explainable_layers``.
         every_n_epochs: Draw every this many training epochs.
         probes_per_class: Probe images per class.
         methods: Input-resolution methods beside Grad-CAM, a subset of
@@ -76,7 +77,7 @@ class InterpretabilityDumps(ProbeSchedule):
 
     def __init__(
         self,
-        layers: Sequence[str],
+        layers: Sequence[str] | None = None,
         every_n_epochs: int = 1,
         probes_per_class: int = 1,
         methods: Sequence[str] = INPUT_METHODS,
@@ -112,7 +113,7 @@ class InterpretabilityDumps(ProbeSchedule):
             self.classes = list(state_dict["classes"])
 
     @override
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         stage = trainer.state.fn

@@ -1,19 +1,19 @@
 """``predict`` results as one CSV in the run's folder, also under DDP.
 
 Lightning's ``BasePredictionWriter`` calls :meth:`PredictionWriter.write_on_batch_end`
-after every predict batch; each rank appends its rows to a part file of its
-own, so memory stays flat however many images there are. At the end rank zero
-merges the parts by dataset index into ``predictions.csv``, checks that every
-image is there exactly once, and removes the parts. Rows carry the index the
-datamodule put into the batch (``IndexedImages``), or else the sampler indices
-Lightning recorded.
+after every predict batch; each rank keeps its rows (a few short strings per
+image, not the probabilities). At the end rank zero gathers every rank's rows
+through the process group, so ranks on machines without a shared filesystem
+work too, sorts them by dataset index, checks that every image is there exactly
+once and writes ``predictions.csv``. Its verdict is sent to every rank: a merge
+that fails raises the same error on all of them, none is left waiting. Rows
+carry the index the datamodule put into the batch (``IndexedImages``), or else
+the sampler indices Lightning recorded.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import distributed
+
+from callbacks.fault_tolerance import replaced_atomically
 from typing_extensions import override
 
 __all__ = ["PredictionWriter", "prediction_rows"]
@@ -86,7 +89,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.top_k = top_k
         self.path: Path | None = None
-        self._part: Any = None
+        self._rows: list[dict[str, Any]] = []
         self._columns: list[str] = []
         self._classes: list[str] = []
         self._paths: list[str] = []
@@ -109,15 +112,11 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._classes = pl_module.class_names()
         self._paths = list(getattr(trainer.datamodule, "predict_paths", None) or [])
-        self._part = open(self._part_path(trainer.global_rank), "w", newline="")
-        csv.DictWriter(self._part, self._columns).writeheader()
+        self._rows = []
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """After a failed predict, leave no part file behind (a finished one was merged and removed)."""
-        if self._part is not None and not self._part.closed:
-            self._part.close()
-            self._part_path(trainer.global_rank).unlink(missing_ok=True)
+        self._rows = []
 
     @override
     def write_on_batch_end(
@@ -141,27 +140,25 @@ class PredictionWriter(BasePredictionWriter):
             self._paths,
             self.top_k,
         )
-        csv.DictWriter(self._part, self._columns).writerows(rows)
+        self._rows += rows
 
     @override
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._part.close()
-        trainer.strategy.barrier("prediction parts written")
+        gathered = _gather_to_rank_zero(self._rows, trainer.world_size)
+        self._rows = []
+        failure = None
         if trainer.is_global_zero:
-            self._merge(trainer.world_size, _dataset_size(trainer))
-        trainer.strategy.barrier("predictions merged")
+            try:
+                self._merge(gathered, trainer.world_size, _dataset_size(trainer))
+            except Exception as error:  # told to every rank below, then raised on each
+                failure = f"{type(error).__name__}: {error}"
+        failure = _from_rank_zero(failure, trainer.world_size)
+        if failure is not None:
+            raise RuntimeError(f"Writing the predictions failed on rank 0: {failure}")
 
-    def _part_path(self, rank: int) -> Path:
-        return self.path.with_name(f".{self.path.name}.rank{rank}.part")
-
-    def _merge(self, world_size: int, expected: int | None) -> None:
-        """Rows of every rank's part, sorted by index and checked, written atomically to ``self.path``."""
-        parts = [self._part_path(rank) for rank in range(world_size)]
-        rows = []
-        for part in parts:
-            with open(part, newline="") as file:
-                rows += list(csv.DictReader(file))
-        rows.sort(key=lambda row: int(row["index"]))
+    def _merge(self, rows: list[dict[str, Any]], world_size: int, expected: int | None) -> None:
+        """Every rank's rows, sorted by index and checked, written atomically to ``self.path``."""
+        rows = sorted(rows, key=lambda row: int(row["index"]))
         indices = [int(row["index"]) for row in rows]
         wanted = list(range(expected)) if expected is not None else sorted(set(indices))
         if indices != wanted:
@@ -170,19 +167,28 @@ class PredictionWriter(BasePredictionWriter):
                 f"(missing: {sorted(set(wanted) - set(indices))[:10]}, repeated: "
                 f"{sorted(i for i, n in Counter(indices).items() if n > 1)[:10]}); {self.path} was not written."
             )
-        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode
-        try:
-            with os.fdopen(handle, "w", newline="") as file:
-                writer = csv.DictWriter(file, self._columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(temporary, self.path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        for part in parts:
-            part.unlink(missing_ok=True)
+        with replaced_atomically(self.path, "w", newline="") as file:
+            writer = csv.DictWriter(file, self._columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _gather_to_rank_zero(rows: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    """Every rank's rows on rank zero (its own elsewhere), through the process group: no shared filesystem needed."""
+    if world_size == 1 or not (distributed.is_available() and distributed.is_initialized()):
+        return rows
+    parts: list[Any] = [None] * world_size if distributed.get_rank() == 0 else None
+    distributed.gather_object(rows, parts, dst=0)
+    return [row for part in parts for row in part] if parts is not None else rows
+
+
+def _from_rank_zero(message: str | None, world_size: int) -> str | None:
+    """Rank zero's ``message`` on every rank, so that all raise together or none does."""
+    if world_size == 1 or not (distributed.is_available() and distributed.is_initialized()):
+        return message
+    box = [message]
+    distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _dataset_size(trainer: L.Trainer) -> int | None:

@@ -20,7 +20,7 @@ from typing_extensions import override
 from visualization.attributions import resolve_layers
 from visualization.pictures import INPUT_METHODS, check_input_methods
 
-__all__ = ["ProbeSchedule", "layer_root", "probe_dataset", "select_probes"]
+__all__ = ["ProbeSchedule", "explained_layers", "layer_root", "probe_dataset", "select_probes"]
 
 
 def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,28 +72,32 @@ def _as_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 class ProbeSchedule(L.Callback):
-    """When the probe callbacks run, and the layer check they share; subclasses implement ``_dump``.
+    """When the probe callbacks run, and the layer check they share; subclasses implement ``_probe``.
 
     During ``fit``: at the end of every ``every_n_epochs``-th training epoch
     (after its validation) and at the end of fit unless that step was just
-    done; never in the sanity check (``_dump`` checks). Under ``validate``,
+    done; never in the sanity check (``_probe`` checks). Under ``validate``,
     ``test`` and ``predict``: once at the end of the loop. ``setup`` resolves
     ``layers`` in the model's ``net``, so a misspelt name fails before training.
 
     Args:
-        layers: Dotted layer names in the model's ``net``, low to high.
+        layers: Dotted layer names in the model's ``net``, low to high; ``None``:
+            the ones the network names (its ``explainable_layers``), set at ``setup``.
         every_n_epochs: Run every this many training epochs.
         methods: Input-resolution methods beside Grad-CAM, a subset of :data:`INPUT_METHODS`.
     """
 
-    def __init__(self, layers: Sequence[str], every_n_epochs: int = 1, methods: Sequence[str] = INPUT_METHODS) -> None:
-        if isinstance(layers, str) or not layers:
+    def __init__(
+        self, layers: Sequence[str] | None = None, every_n_epochs: int = 1, methods: Sequence[str] = INPUT_METHODS
+    ) -> None:
+        if layers is not None and (isinstance(layers, str) or not layers):
             raise ValueError(
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
         self.require_at_least(1, every_n_epochs=every_n_epochs)
         check_input_methods(methods)
-        self.layers = list(layers)
+        self.given_layers = None if layers is None else list(layers)
+        self.layers: list[str] = list(self.given_layers or [])
         self.every_n_epochs = every_n_epochs
         self.methods = list(methods)
         self.last_step: int | None = None
@@ -107,33 +111,51 @@ class ProbeSchedule(L.Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.layers = explained_layers(pl_module, self.given_layers, type(self).__name__)
         resolve_layers(layer_root(pl_module), self.layers)  # a misspelt layer fails now, not after an epoch
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_step != trainer.global_step:
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # during fit, on_train_epoch_end draws
-            self._dump(trainer, pl_module)
+            self._probe(trainer, pl_module)
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
+        self._probe(trainer, pl_module)
 
     @override
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._dump(trainer, pl_module)
+        self._probe(trainer, pl_module)
 
-    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run the callback on its probe images now: draw the pictures, or compute the scores."""
         raise NotImplementedError
+
+
+def explained_layers(pl_module: nn.Module, given: Sequence[str] | None, who: str) -> list[str]:
+    """``given`` if set, else the layers the model's network names (``explainable_layers``), low to high.
+
+    Raises:
+        ValueError: Neither names a layer (e.g. an MLP, whose network has no spatial feature maps).
+    """
+    layers = list(given) if given is not None else list(getattr(layer_root(pl_module), "explainable_layers", ()))
+    if not layers:
+        raise ValueError(
+            f"{who}: {type(pl_module).__name__} names no layers to explain, and none were given.\n"
+            "HINT: give the callback layers (dotted names in the model's net), or leave it out for a model "
+            "without conv layers (cli.py does so for the MLPs)."
+        )
+    return layers
 
 
 def layer_root(pl_module: nn.Module) -> nn.Module:

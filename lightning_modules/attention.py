@@ -38,8 +38,11 @@ def _reduced(channels: int, rd_ratio: int) -> int:
     return max(1, channels // rd_ratio)
 
 
-class SqueezeExcite(nn.Module):
-    """Global average pool -> bottleneck MLP -> sigmoid -> channel-wise scale."""
+class _ChannelGate(nn.Module):
+    """The bottleneck MLP and sigmoid gate SE and CBAM's channel half share (``fc1, act, fc2, gate``).
+
+    The last layer starts near zero (``GATE_INIT_STD``), so every gate starts at about 0.5.
+    """
 
     def __init__(self, channels: int, rd_ratio: int = 16) -> None:
         super().__init__()
@@ -50,27 +53,24 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sigmoid()
         nn.init.normal_(self.fc2.weight, std=GATE_INIT_STD)
 
+    def mlp(self, x_pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x_pooled)))
+
+
+class SqueezeExcite(_ChannelGate):
+    """Global average pool -> bottleneck MLP -> sigmoid -> channel-wise scale."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_se = x.mean(dim=(2, 3))
-        x_se = self.fc2(self.act(self.fc1(x_se)))
+        x_se = self.mlp(x.mean(dim=(2, 3)))
         return x * self.gate(x_se[:, :, None, None])
 
 
-class ChannelAttention(nn.Module):
+class ChannelAttention(_ChannelGate):
     """CBAM's channel half: average- and max-pooled descriptors share one MLP."""
 
-    def __init__(self, channels: int, rd_ratio: int = 16) -> None:
-        super().__init__()
-        rd_channels = _reduced(channels, rd_ratio)
-        self.fc1 = nn.Linear(channels, rd_channels, bias=False)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(rd_channels, channels, bias=False)
-        self.gate = nn.Sigmoid()
-        nn.init.normal_(self.fc2.weight, std=GATE_INIT_STD)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_avg = self.fc2(self.act(self.fc1(x.mean(dim=(2, 3)))))
-        x_max = self.fc2(self.act(self.fc1(x.amax(dim=(2, 3)))))
+        x_avg = self.mlp(x.mean(dim=(2, 3)))
+        x_max = self.mlp(x.amax(dim=(2, 3)))
         return x * self.gate((x_avg + x_max)[:, :, None, None])
 
 

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from lightning_private import scheduler_parts
+from lightning_private import epochs_trained, scheduler_parts
 from user_input import UserInputError
 
 __all__ = ["ImageClassifier", "reference_plateau"]
@@ -126,6 +126,15 @@ class ImageClassifier(L.LightningModule):
     def in_channels(self) -> int:
         return self.input_shape[0]
 
+    @property
+    def explainable_layers(self) -> tuple[str, ...]:
+        """Layers of ``net`` the picture and score callbacks explain by default, low to high.
+
+        Each architecture names its own (``conv1..conv3``, ``layer1..layer4``); empty for a
+        network without spatial feature maps (the MLP), which gets no Grad-CAM callbacks.
+        """
+        return tuple(getattr(self.net, "explainable_layers", ()))
+
     def configure_model(self) -> None:
         """Apply the speed options once the network exists and sits on its device."""
         if self.channels_last:
@@ -224,7 +233,26 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_classes(checkpoint)
+        self._check_resumed_epochs(checkpoint)
         self._note_schedule_length(checkpoint)
+
+    def _check_resumed_epochs(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a resume whose ``max_epochs`` lies below the epochs the checkpoint already trained.
+
+        Lightning would train nothing and exit 0 (one epoch below), or stop with a traceback after
+        restoring the loops (more); this is the user's choice of flag, so it gets the exit status and
+        the HINT of the other user errors.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or trainer.max_epochs in (None, -1):
+            return
+        done = epochs_trained(checkpoint)
+        if done is not None and done > trainer.max_epochs:
+            raise UserInputError(
+                f"The checkpoint has trained {done} epochs, more than --trainer.max_epochs {trainer.max_epochs}.\n"
+                f"HINT: resume with --trainer.max_epochs {done} or more (the run's own length), or start a new "
+                "run from its weights without --ckpt_path."
+            )
 
     def _check_classes(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained on other classes before its weights fail to fit (or silently fit)."""

@@ -15,6 +15,8 @@ __all__ = ["LeNet", "LeNetClassifier"]
 class LeNet(nn.Module):
     """Conv(6, 5) -> pool -> Conv(16, 5) -> pool -> 120 -> 84 -> classes."""
 
+    explainable_layers = ("conv1", "conv2")  # the two conv blocks, low to high
+
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int] = (32, 32)) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(inplace=True))

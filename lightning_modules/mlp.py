@@ -15,6 +15,8 @@ __all__ = ["MLP", "MLPClassifier"]
 class MLP(nn.Module):
     """Flatten -> (Linear -> ReLU -> Dropout) per hidden size -> Linear. About 1.7 M parameters on CIFAR-10."""
 
+    explainable_layers = ()  # no spatial feature maps: nothing for Grad-CAM to explain
+
     def __init__(
         self, in_features: int, num_classes: int, hidden: Sequence[int] = (512, 256), dropout: float = 0.2
     ) -> None:

@@ -54,6 +54,8 @@ def imagenet_resnet18() -> nn.Module:
 class CifarResNet18(nn.Module):
     """ResNet18 with a 3x3 stride-1 stem, no max-pool and optional CBAM per stage."""
 
+    explainable_layers = STAGES  # each residual stage's output, low to high
+
     def __init__(
         self, in_channels: int, num_classes: int, pretrained: bool = False, cbam: bool = True, rd_ratio: int = 16
     ) -> None:

@@ -38,7 +38,12 @@ def make_layers(config: list[int | str], in_channels: int) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    """``features`` (the conv stack) then ``fc``."""
+    """``features`` (the conv stack) then ``fc``.
+
+    ``explainable_layers``: the last ReLU of stages 2 and up (``features.12``,
+    ``features.22``, ``features.32``, ``features.42`` for VGG-16: 16, 8, 4, 2 px);
+    the first stage's 32 px maps are too close to the pixels to say much.
+    """
 
     def __init__(self, depth: int, in_channels: int, num_classes: int, image_size: tuple[int, int] = (32, 32)):
         super().__init__()
@@ -46,6 +51,8 @@ class VGG(nn.Module):
             raise UserInputError(f"VGG depth={depth} is not one of {sorted(VGG_CONFIGS)}.")
         config = VGG_CONFIGS[depth]
         self.features = make_layers(config, in_channels)
+        stage_ends = [i - 1 for i, layer in enumerate(self.features) if isinstance(layer, nn.MaxPool2d)]
+        self.explainable_layers = tuple(f"features.{i}" for i in stage_ends[1:])
         pools = config.count("M")
         height, width = (size // 2**pools for size in image_size)
         if min(height, width) < 1:

@@ -82,9 +82,10 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
-# Callbacks that only draw or score: the schedule tests leave them out (ResNet's faithfulness
-# scoring alone is most of a tiny fit's time); test_cli runs every config with them.
-PICTURE_CALLBACKS = ("LossPlots", "InterpretabilityDumps", "ConfusionMatrixPlot", "MistakeGallery", "FaithfulnessScores")
+# cli.STANDARD_CALLBACKS keys that only draw or score: the schedule tests switch them off (ResNet's
+# faithfulness scoring alone is most of a tiny fit's time); test_cli runs every config with them.
+PICTURE_KEYS = ("loss_plots", "pictures", "confusion_matrix", "mistakes", "faithfulness")
+NO_PICTURES = [arg for key in PICTURE_KEYS for arg in (f"--{key}", "null")]
 
 
 def config_with_stages(tmp_path: Path, stages: list[dict], source: Path | None = None) -> Path:
@@ -93,8 +94,8 @@ def config_with_stages(tmp_path: Path, stages: list[dict], source: Path | None =
 
     source = source or REPO / "configs" / "resnet_cbam.yaml"
     config = yaml.safe_load(source.read_text())
-    callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
-    config["trainer"]["callbacks"] = callbacks
+    config.update(dict.fromkeys(PICTURE_KEYS))  # `pictures: null` etc.: switched off
+    callbacks = config["trainer"]["callbacks"]
     (unfreeze,) = [c for c in callbacks if c["class_path"] == "callbacks.ProgressiveUnfreeze"]
     unfreeze["init_args"]["stages"] = stages
     path = tmp_path / f"{source.stem}_stages.yaml"

@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from datamodules import CIFAR10DataModule
-from visualization.figures import GRID_PAD
+from visualization.grids import GRID_PAD
 
 
 def tiny_datamodule(data: Path) -> CIFAR10DataModule:

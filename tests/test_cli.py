@@ -16,7 +16,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn import functional as F
 
-from tests.conftest import CONFIGS, PICTURE_CALLBACKS, REPO
+from cli import STANDARD_CALLBACKS, main
+from callbacks import AtomicCheckpointIO
+from tests.conftest import CONFIGS, NO_PICTURES, REPO
 from tests.pictures_helpers import tensorboard_images
 
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -46,28 +48,58 @@ def hand_evaluation(model: torch.nn.Module, data: Path, classes: list[str], perm
     return (logits.argmax(dim=1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
-def picture_callbacks(config: Path) -> dict[str, dict]:
-    """``{callback class name: init_args}`` of the config's picture callbacks."""
-    callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
-    found = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in callbacks}
-    return {name: args for name, args in found.items() if name in PICTURE_CALLBACKS}
+def standard_callbacks(trainer) -> dict[str, object]:
+    """``{class name: callback}`` of the trainer's callbacks that are ``cli.STANDARD_CALLBACKS``."""
+    kinds = tuple(STANDARD_CALLBACKS.values())
+    return {type(c).__name__: c for c in trainer.callbacks if isinstance(c, kinds)}
 
 
-def with_short_faithfulness_curves(config: Path, folder: Path) -> Path:
-    """``config`` as shipped, but FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4).
+# FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4): the same code paths and
+# tags at a third of the forward passes (on ResNet the scoring was two thirds of the test's time).
+STANDARD_NAMES = ("LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots", "MistakeGallery",
+                  "InterpretabilityDumps", "FaithfulnessScores", "StopOnNonFiniteLoss")
+SHORT_FAITHFULNESS_CURVES = ["--faithfulness.steps", 2, "--faithfulness.road_steps", 1]
+# The test metrics are compared with an fp32 hand count: on a CPU with bf16 the automatic
+# bf16-mixed moved the MLP's test/loss by 8e-4 (relative). test_precision covers bf16.
+FP32 = ["--trainer.precision", "32-true"]
 
-    The same code paths and tags at a third of the forward passes: on ResNet the
-    scoring was two thirds of this test's time. Other configs come back as they are.
-    """
-    text = yaml.safe_load(config.read_text())
-    scores = [c for c in text["trainer"].get("callbacks") or [] if c["class_path"].endswith(".FaithfulnessScores")]
-    if not scores:
-        return config
-    for callback in scores:
-        callback["init_args"].update(steps=2, road_steps=1)
-    path = folder / config.name
-    path.write_text(yaml.safe_dump(text))
-    return path
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_gets_every_standard_callback_that_applies(config, request):
+    data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
+    built = main([str(a) for a in tiny_args(config, data)], run=False)
+    # Named here, not read from cli.STANDARD_CALLBACKS: dropping one there must fail this test.
+    expected = {"LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots", "StopOnNonFiniteLoss"}
+    if "MLP" in type(built.model).__name__:  # no conv layers: no Grad-CAM callbacks
+        assert built.model.explainable_layers == ()
+    else:
+        assert built.model.explainable_layers
+        expected |= {"MistakeGallery", "InterpretabilityDumps", "FaithfulnessScores"}
+    found = [type(c).__name__ for c in built.trainer.callbacks]
+    assert sorted(name for name in found if name in STANDARD_NAMES) == sorted(expected)  # each exactly once
+
+
+def test_a_flag_or_config_changes_or_switches_off_a_standard_callback(tiny_data, tmp_path, capsys):
+    cnn = tiny_args(REPO / "configs/cnn.yaml", tiny_data)
+    built = main([str(a) for a in [*cnn, "--pictures", "null", "--faithfulness.every_n_epochs", 3]], run=False)
+    callbacks = standard_callbacks(built.trainer)
+    assert "InterpretabilityDumps" not in callbacks and callbacks["FaithfulnessScores"].every_n_epochs == 3
+
+    config = yaml.safe_load((REPO / "configs/cnn.yaml").read_text())
+    config["mistakes"] = {"count": 4, "layer": "conv2"}
+    config["confusion_matrix"] = None
+    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(config))
+    built = main([str(a) for a in tiny_args(tmp_path / "cnn.yaml", tiny_data)], run=False)
+    callbacks = standard_callbacks(built.trainer)
+    assert "ConfusionMatrixPlot" not in callbacks
+    assert (callbacks["MistakeGallery"].count, callbacks["MistakeGallery"].given_layer) == (4, "conv2")
+
+    # Listed in trainer.callbacks as well: two writers of one file. Refused, with the fix.
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*cnn, "--trainer.callbacks+=callbacks.PredictionWriter"]], run=False)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "PredictionWriter, which every run already gets as `predictions`" in err and "HINT:" in err
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -75,15 +107,14 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
     # MNIST configs need grayscale 28x28 images, all others RGB 32x32. One short epoch (one
     # training batch), not fast_dev_run: that turns off the loggers, and with them the pictures.
     tiny_data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
-    shipped, config = config, with_short_faithfulness_curves(config, tmp_path)
-    fit = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.max_epochs", 1)
+    fit = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.max_epochs", 1, *SHORT_FAITHFULNESS_CURVES, *FP32)
     assert fit.datamodule.classes == ["bird", "cat", "ship"]
     assert fit.model.num_classes == 3
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(fit.trainer.callback_metrics)
     run = Path(fit.trainer.log_dir)
     ckpt = run / "checkpoints/last.ckpt"
 
-    test = run_cli("test", *tiny_args(config, tiny_data), "--ckpt_path", ckpt)
+    test = run_cli("test", *tiny_args(config, tiny_data), "--ckpt_path", ckpt, *SHORT_FAITHFULNESS_CURVES, *FP32)
     model = type(fit.model).load_from_checkpoint(ckpt, weights_only=True)
     permutation_seed = fit.datamodule.permutation_seed if fit.datamodule.permute_pixels else None
     accuracy, loss = hand_evaluation(model, tiny_data, fit.datamodule.classes, permutation_seed)
@@ -91,20 +122,22 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
     assert {f"test/acc_per_class/{name}" for name in fit.datamodule.classes} <= set(test.trainer.callback_metrics)
     assert float(test.trainer.callback_metrics["test/loss"]) == pytest.approx(loss, rel=1e-4)
 
-    pictures = picture_callbacks(shipped)
+    pictures = standard_callbacks(fit.trainer)
     drawn = tensorboard_images(run)
     if "LossPlots" in pictures:
         assert {"loss/iterations", "loss/epochs"} <= set(drawn)
         assert (run / "plots/loss_iterations.png").is_file() and (run / "plots/loss_epochs.png").is_file()
     if "InterpretabilityDumps" in pictures:
-        tags = ["gradcam/all_layers", *(f"gradcam/{layer}" for layer in pictures["InterpretabilityDumps"]["layers"])]
+        layers = pictures["InterpretabilityDumps"].layers
+        assert layers == list(fit.model.explainable_layers)
+        tags = ["gradcam/all_layers", *(f"gradcam/{layer}" for layer in layers)]
         assert all([step for step, _ in drawn[tag]] == [fit.trainer.global_step] for tag in tags)
         written = Path(test.trainer.log_dir) / "pictures/test"
         assert all((written / f"{tag.replace('/', '_')}.png").is_file() for tag in tags)
     if "FaithfulnessScores" in pictures:
         scores = EventAccumulator(str(run), size_guidance={"scalars": 0})
         scores.Reload()
-        last_layer = pictures["FaithfulnessScores"]["layers"][-1]
+        last_layer = pictures["FaithfulnessScores"].layers[-1]
         for tag in (f"faithfulness/deletion_auc/gradcam_{last_layer}", "faithfulness/insertion_auc/random",
                     f"faithfulness/randomization_spearman/gradcam_{last_layer}"):
             assert [event.step for event in scores.Scalars(tag)] == [fit.trainer.global_step], tag
@@ -115,8 +148,8 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
         assert (Path(test.trainer.log_dir) / "pictures/test/confusion_matrix_test.png").is_file()
     if "MistakeGallery" in pictures and accuracy < 1:
         assert (Path(test.trainer.log_dir) / "pictures/test/mistakes_test.png").is_file()
-    if not pictures:
-        assert not drawn
+    if "InterpretabilityDumps" not in pictures:  # the MLPs: no Grad-CAM anywhere
+        assert not any(tag.startswith(("gradcam/", "mistakes/")) for tag in drawn)
 
 
 def _train(run_cli, data, *extra):
@@ -167,6 +200,35 @@ def test_test_with_best_and_no_run_names_the_fix(tiny_data, run_cli, capsys):
         run_cli("test", *tiny_args(REPO / "configs/cnn.yaml", tiny_data), "--ckpt_path", "best")
     assert exit_info.value.code == 2
     assert "run `fit` with this config first" in capsys.readouterr().err
+
+
+def test_resuming_with_max_epochs_below_the_checkpoints_exits_2_and_keeps_the_run(tiny_data, run_cli, tmp_path, capsys):
+    fit = _train(run_cli, tiny_data, "--trainer.max_epochs", 2, *NO_PICTURES)
+    run = Path(fit.trainer.log_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--ckpt_path", "last", *NO_PICTURES)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trained 2 epochs, more than --trainer.max_epochs 1" in err and "HINT: resume with --trainer.max_epochs 2" in err
+    assert (run / "checkpoints/last.ckpt").is_file()  # a refused resume removes nothing of the run it resumes
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+
+
+def test_a_failed_start_leaves_no_run_folder(tiny_data, run_cli, tmp_path, capsys):
+    # 4 steps at pct_start 0.25: OneCycleLR's warm-up is empty, refused in configure_optimizers (after setup
+    # wrote config.yaml into a new version_0).
+    args = ["--config", REPO / "configs/cnn_fast.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12, *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *args, "--trainer.max_epochs", 1, "--data.batch_size", 16, *NO_PICTURES)
+    assert exit_info.value.code == 2 and "HINT:" in capsys.readouterr().err
+    assert not list((tmp_path / "lightning_logs/cnn_fast").glob("version_*"))
+
+
+def test_a_users_plugins_keep_the_atomic_checkpoint_writer(tiny_data):
+    args = [*tiny_args(REPO / "configs/cnn.yaml", tiny_data), "--trainer.plugins",
+            "lightning.fabric.plugins.environments.LightningEnvironment"]
+    built = main([str(a) for a in args], run=False)
+    assert isinstance(built.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def _empty_class(tmp_path: Path, tiny_data: Path) -> Path:

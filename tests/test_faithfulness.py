@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,7 +25,7 @@ from visualization.faithfulness import (
     auc,
     bootstrap_interval,
     centre_map,
-    deletion_curve,
+    deletion_insertion_curve,
     faithfulness_scores,
     linear_impute,
     random_map,
@@ -94,8 +95,8 @@ def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselin
     n, sigmoid = len(images), lambda v: 1 / (1 + math.exp(-v))
     on, off = sigmoid(GAIN * (0.9 - 0.5)), sigmoid(GAIN * (0.0 - 0.5))  # patch at 0.9, or removed (fill 0)
     # 16 steps of 64 pixels: the first step removes exactly the patch, the rest changes nothing.
-    deletion = deletion_curve(model, images, patch_map(n), steps=16, mode="delete", fill=0.0)
-    insertion = deletion_curve(model, images, patch_map(n), steps=16, mode="insert", fill=0.0)
+    deletion = deletion_insertion_curve(model, images, patch_map(n), steps=16, mode="delete", fill=0.0)
+    insertion = deletion_insertion_curve(model, images, patch_map(n), steps=16, mode="insert", fill=0.0)
     torch.testing.assert_close(deletion, torch.tensor([on] + [off] * 16).expand(n, -1), rtol=0, atol=1e-6)
     torch.testing.assert_close(insertion, torch.tensor([off] + [on] * 16).expand(n, -1), rtol=0, atol=1e-6)
 
@@ -106,7 +107,8 @@ def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselin
         "elsewhere": far_corner_map(n),
     }
     areas = {
-        mode: {name: auc(deletion_curve(model, images, m, steps=16, mode=mode, fill=0.0)) for name, m in maps.items()}
+        mode: {name: auc(deletion_insertion_curve(model, images, m, steps=16, mode=mode, fill=0.0))
+               for name, m in maps.items()}
         for mode in ("delete", "insert")
     }
     for baseline in ("random", "centre", "elsewhere"):
@@ -284,8 +286,17 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
     assert list(rows) == [
         "gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam", "random", "centre"
     ]
-    assert 0 <= float(rows["gradcam_conv3"]["deletion_auc"]) <= 1
-    assert float(rows["gradcam_conv3"]["deletion_auc_low"]) <= float(rows["gradcam_conv3"]["deletion_auc_high"])
+    # The table holds the scores of these images: the library's, computed here on the files read with PIL
+    # (in explain's sorted order), and their bootstrap interval.
+    model = CNNClassifier.load_from_checkpoint(ckpt, weights_only=True).eval()
+    files = sorted(images.rglob("*.png"))
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    result = faithfulness_scores(model, pixels.float().div(255), ["conv1", "conv3"], layer_root=model.net)
+    for metric in ("deletion_auc", "insertion_auc"):
+        values = result.scores[metric]["gradcam_conv3"]
+        low, high = bootstrap_interval(values)
+        in_table = [float(rows["gradcam_conv3"][f"{metric}{end}"]) for end in ("", "_low", "_high")]
+        assert in_table == pytest.approx([float(values.mean()), low, high], rel=1e-5), metric
     assert "| gradcam_conv3 |" in (out / "faithfulness.md").read_text()
 
     one = tmp_path / "one"

@@ -1,4 +1,4 @@
-"""Figures render to finite, non-blank pixels; blank inputs stay finite."""
+"""Charts render to what they should show; grids place and colour their cells; blank inputs stay finite."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import torch
 from matplotlib.figure import Figure
 
 from tests.pictures_helpers import grid_cells as cells
-from visualization.figures import (
+from visualization.figures import channel_gates_figure, epoch_curves_figure, figure_to_image, loss_curve_figure
+from visualization.grids import (
     GRID_PAD,
-    channel_gates_figure,
-    epoch_curves_figure,
     feature_maps_grid,
-    figure_to_image,
     gradcam_grid,
     heatmap_overlay,
     image_grid,
     layer_gradcam_grid,
-    loss_curve_figure,
     spatial_gates_grid,
     top_channels_grid,
 )
@@ -30,6 +27,12 @@ CLASSES = ["cat", "dog", "ship"]
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def pixels_of(image: np.ndarray, colour: str, tolerance: int = 12) -> int:
+    """How many pixels of ``image`` are within ``tolerance`` (per channel) of a matplotlib colour."""
+    rgb = np.round(np.array(matplotlib.colors.to_rgb(colour)) * 255)
+    return int((np.abs(image.astype(int) - rgb) <= tolerance).all(axis=-1).sum())
 
 
 def render(fig: Figure) -> np.ndarray:
@@ -45,7 +48,9 @@ def test_figure_to_image_size_and_closing():
     fig.add_subplot().plot([0, 1], [1, 0])
     image = figure_to_image(fig)
     assert image.shape == (200, 300, 3)
-    assert image.std() > 0
+    # A white figure with the drawn line (the first colour of the cycle) in it.
+    assert pixels_of(image, "white") > image.shape[0] * image.shape[1] // 2
+    assert pixels_of(image, "tab:blue") > 100
     assert not fig.axes  # released after rendering
 
 
@@ -81,7 +86,9 @@ def test_loss_curve_with_boundaries():
     ax = fig.axes[0]
     assert len(ax.lines) == 4  # raw, smoothed, two boundaries
     assert [t.get_text() for t in ax.texts] == ["stage 2", "stage 3"]
-    assert render(fig).std() > 0
+    image = render(fig)
+    assert pixels_of(image, "tab:blue") > 200  # the curves
+    assert pixels_of(image, "tab:red", tolerance=30) > 50  # the dashed stage lines and their labels
 
 
 def test_loss_curve_rejects_mismatched_lengths():
@@ -92,8 +99,14 @@ def test_loss_curve_rejects_mismatched_lengths():
 
 
 def test_loss_curve_without_data_is_finite():
-    render(loss_curve_figure([], []))
-    render(loss_curve_figure([0, 1], [float("nan"), float("nan")]))
+    # No loss to draw: finite axes that say so, and the NaN losses left as gaps rather than drawn as numbers.
+    for steps, losses in (([], []), ([0, 1], [float("nan"), float("nan")])):
+        fig = loss_curve_figure(steps, losses)
+        ax = fig.axes[0]
+        assert np.isfinite(ax.get_xlim()).all() and np.isfinite(ax.get_ylim()).all()
+        assert [t.get_text() for t in ax.texts] == ["no data"]
+        assert np.isnan(ax.lines[0].get_ydata()).all()
+        render(fig)
 
 
 def test_epoch_curves_tolerate_missing_keys_and_lengths():
@@ -199,11 +212,13 @@ def test_top_channels_grid_overlays_the_strongest_channels_strongest_first(image
 
 
 def test_channel_gates_figure_draws_a_strip_per_block():
-    fig = channel_gates_figure({"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.5)})
+    fig = channel_gates_figure({"se1": torch.rand(2, 8, 1, 1), "se2": torch.full((2, 16), 0.9)})
     strips = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title().split("\n")[0] for ax in strips] == ["se1", "se2"]
-    assert strips[1].get_title().endswith("mean 0.50, std 0.000")
-    assert render(fig).std() > 0
+    assert strips[1].get_title().endswith("mean 0.90, std 0.000")
+    # se2's gates are all 0.9: its strip is viridis' colour of 0.9 on the fixed 0..1 scale (a scale
+    # fitted to the strip would put a constant in the middle of the colour map).
+    assert pixels_of(render(fig), matplotlib.colors.to_hex(matplotlib.colormaps["viridis"](0.9)), tolerance=3) > 500
 
 
 def test_spatial_gates_grid_colours_gates_on_a_fixed_scale(images):

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.fault_helpers import BatchesTrainedRecorder
+from tests.fault_helpers import BatchesTrainedRecorder, WarningFiltersRecorder
 from tests.test_cli import tiny_args
 
 CNN = REPO / "configs" / "cnn.yaml"
+FILTERS = "tests.fault_helpers.WarningFiltersRecorder"
 # 60 training images in batches of 16: 4 steps an epoch, the last one of 12 images.
 SMALL = ["--data.batch_size", "16", "--trainer.limit_val_batches", 1]
 
@@ -34,11 +35,14 @@ def test_a_crash_and_a_mid_epoch_resume_leave_warning_filters_and_threads_as_fou
     with pytest.raises(RuntimeError, match="injected crash"):
         run_cli("fit", *common, "--trainer.callbacks+=tests.fault_helpers.CrashAtStep",
                 "--trainer.callbacks.init_args.step", 6, "--trainer.callbacks.init_args.ctrl_c", "false")
+    assert list(warnings.filters) == filters and torch.get_num_threads() == threads
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = run_cli("fit", *common, "--ckpt_path", "last")
+        resumed = run_cli("fit", *common, "--ckpt_path", "last", "--trainer.callbacks+=" + FILTERS)
     assert resumed.trainer.global_step == 8
+    # Compared inside the run: cli.main and catch_warnings both put the filters of their start back.
+    (recorder,) = [c for c in resumed.trainer.callbacks if isinstance(c, WarningFiltersRecorder)]
+    assert recorder.at_setup is not None and recorder.at_end == recorder.at_setup
     # Lightning knows the training loader resumes mid-epoch, so it has nothing to warn about.
     assert not [w for w in caught if "not resumable" in str(w.message)]
-    assert list(warnings.filters) == filters
     assert torch.get_num_threads() == threads

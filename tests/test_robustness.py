@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import callbacks.fault_tolerance as fault_tolerance
 from callbacks import AtomicCheckpointIO
 from lightning_modules import CNNClassifier
-from tests.conftest import CONFIGS, REPO, config_with_stages
+from tests.conftest import CONFIGS, NO_PICTURES, REPO, config_with_stages
 from tests.test_cli import tiny_args
 
 CNN = REPO / "configs" / "cnn.yaml"
@@ -64,10 +64,12 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
 @pytest.mark.parametrize(("ctrl_c", "workers"), [(True, 0), (False, 2)], ids=["ctrl-c", "exception-2-workers"])
 def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers):
     straight = _straight_run(run_cli, tiny_data, workers)
-    with pytest.raises((SystemExit, RuntimeError)):
+    # Ctrl-C: Lightning's graceful shutdown exits 1; a crash: the error itself, with its traceback.
+    with pytest.raises(SystemExit if ctrl_c else RuntimeError) as raised:
         run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--data.num_workers", workers,
                 "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 6,
                 "--trainer.callbacks.init_args.ctrl_c", str(ctrl_c).lower())
+    assert (raised.value.code == 1) if ctrl_c else (str(raised.value) == "injected crash")
     assert "HINT: resume with the same command plus --ckpt_path last" in capsys.readouterr().err
     last = tmp_path / "lightning_logs/cnn/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6
@@ -146,19 +148,54 @@ def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
     _assert_same_weights(_weights(resumed.model), _weights(straight.model))
 
 
-def test_a_nan_loss_stops_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_path):
+def test_a_nan_loss_on_one_ddp_rank_stops_every_rank_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_path):
+    # Two gloo processes, NaN in rank 1's batch only: both must stop at that step with the same message
+    # (a rank that raised alone left the other to die in backward's all-reduce); the timeout fails a hang.
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+                          "--trainer.devices", 2, "--trainer.strategy", "ddp", *NO_PICTURES,
                           "--trainer.callbacks+=tests.fault_helpers.NaNInputAtStep",
-                          "--trainer.callbacks.init_args.step", 6)
-    assert result.returncode == 1
-    assert "global step 6" in result.stderr and "learning rate" in result.stderr and "HINT:" in result.stderr
+                          "--trainer.callbacks.init_args.step", 3, "--trainer.callbacks.init_args.rank", 1,
+                          timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]
+    messages = [line for line in result.stderr.splitlines() if line.startswith("error: The training loss")]
+    assert len(messages) == 2 and messages[0] == messages[1], result.stderr[-3000:]
+    assert "not finite on process(es) [1] of 2" in messages[0] and "global step 3" in messages[0]
+    assert "learning rate" in result.stderr and "HINT:" in result.stderr
+    assert "Connection closed by peer" not in result.stderr
     checkpoints = list((tmp_path / "lightning_logs").rglob("*.ckpt"))
     assert sorted(p.name.split("-")[0] for p in checkpoints) == ["best", "last.ckpt"]
-    # last.ckpt stays at the end of epoch 0: that step's forward already put NaN in BatchNorm.
-    assert torch.load(checkpoints[0].parent / "last.ckpt", weights_only=True)["global_step"] == 4
+    # last.ckpt stays at the end of epoch 0 (2 steps of 2 x 16 images): under DDP no save at an exception.
+    assert torch.load(checkpoints[0].parent / "last.ckpt", weights_only=True)["global_step"] == 2
     for path in checkpoints:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_a_nan_loss_stops_with_the_loss_and_step_or_at_the_next_check(tiny_data, run_cli, capsys):
+    nan_at_6 = ["--trainer.callbacks+=tests.fault_helpers.NaNInputAtStep", "--trainer.callbacks.init_args.step", 6]
+    common = [*tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3, *nan_at_6]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *common)
+    assert exit_info.value.code == 1
+    assert "The training loss is nan at epoch 1, global step 6." in capsys.readouterr().err
+    # Checked every 4 steps: step 6's NaN is found at step 7, the end of that window.
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", *common, "--nan_stop.check_every_n_steps", 4)
+    assert exit_info.value.code == 1
+    assert "A training loss of global steps 4-7 was not finite (checked every 4 steps); stopped at epoch 1, global step 7" \
+        in capsys.readouterr().err
+
+
+def test_a_skipped_save_keeps_the_best_path_and_the_file_it_names(tiny_data, run_cli, tmp_path):
+    # monitor null, top 1: each epoch's save replaces the previous file. Epoch 1's model holds NaN: its save is
+    # skipped, so the bookkeeping must still name epoch 0's file, and that file must still be there.
+    with pytest.warns(UserWarning, match="not saving at epoch 1"):
+        cli = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 2,
+                      "--checkpoint.monitor", "null", "--trainer.callbacks+=tests.fault_helpers.NaNWeightsAtValidation")
+    best = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert best.is_file() and torch.load(best, weights_only=True)["epoch"] == 0
+    assert sorted(p.name for p in best.parent.iterdir()) == sorted([best.name, "last.ckpt"])
+    assert torch.load(best.parent / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
 def _with_broken_file(tiny_data: Path, tmp_path: Path) -> Path:
@@ -247,7 +284,8 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     # 13 validation images do not split evenly over 2 ranks: a padded shard would count one twice.
     odd = ["--data.val_size", 13]
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--trainer.max_epochs", 2,
-                          "--trainer.devices", 2, "--trainer.strategy", "ddp", timeout=600)
+                          "--trainer.devices", 2, "--trainer.strategy", "ddp",
+                          "--trainer.callbacks+=tests.fault_helpers.ConfusionMatrixSaver", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "lightning_logs" / "cnn").iterdir())
     assert [r.name for r in runs] == ["version_0"]
@@ -260,8 +298,13 @@ def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
     single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--ckpt_path",
                      runs[0] / "checkpoints" / "last.ckpt")
     assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
-    # Per-class accuracy is summed over the ranks too (report.py reads these tags).
-    assert int(single.model.confusion_matrices["val"].sum()) == 13
+    # The confusion matrix (ConfusionMatrixPlot draws it) is summed over the ranks: each DDP rank kept the
+    # whole split's matrix (13 images, not its shard's 7 or 6), the one a single process counts.
+    whole = single.model.confusion_matrices["val"]
+    assert int(whole.sum()) == 13
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"confusion_rank{rank}.pt", weights_only=True), whole), rank
+    # So is the per-class accuracy the DDP run logged (report.py reads these tags).
     per_class = [tag for tag in single.trainer.callback_metrics if tag.startswith("val/acc_per_class/")]
     assert per_class
     for tag in per_class:

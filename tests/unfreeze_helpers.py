@@ -16,10 +16,12 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
 from lightning_modules import ImageClassifier
+
+# Every BatchNorm, SyncBatchNorm included: public classes, not torch's private _BatchNorm.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 # Stages at epochs 0/1/2 over TinyNet: the stem and classifier, then layer2, then everything.
 # bn1 and layer1 stay frozen until stage 2, so their BatchNorm statistics must not move before it.
@@ -58,7 +60,7 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and BatchNorm statistic, copied."""
     state = {name: p.detach().clone() for name, p in module.named_parameters()}
     for name, sub in module.named_modules():
-        if isinstance(sub, _BatchNorm):
+        if isinstance(sub, BATCH_NORMS):
             state[f"{name}.running_mean"] = sub.running_mean.clone()
             state[f"{name}.running_var"] = sub.running_var.clone()
     return state
@@ -84,7 +86,7 @@ class ScheduleRecorder(L.Callback):
                     {"name": g.get("name"), "lr": g["lr"], "params": [names[id(p)] for p in g["params"]]}
                     for g in optimizer.param_groups
                 ],
-                "bn_training": {n: m.training for n, m in pl_module.named_modules() if isinstance(m, _BatchNorm)},
+                "bn_training": {n: m.training for n, m in pl_module.named_modules() if isinstance(m, BATCH_NORMS)},
                 "start": snapshot(pl_module),
             }
         )

@@ -51,6 +51,7 @@ from visualization.attributions import (
     prepare_inputs,
     resolve_layers,
 )
+from visualization import tables
 from visualization.pictures import INPUT_METHODS, attention_gates, check_input_methods, input_attributions
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "auc",
     "bootstrap_interval",
     "centre_map",
-    "deletion_curve",
+    "deletion_insertion_curve",
     "faithfulness_scores",
     "linear_impute",
     "markdown_table",
@@ -164,7 +165,7 @@ def removal_masks(maps: Tensor, fractions: Tensor, seed: int = 0) -> Tensor:
     return (rank[:, None, :] < counts[None, :, None]).view(n, len(fractions), height, width)
 
 
-def deletion_curve(
+def deletion_insertion_curve(
     model: nn.Module,
     images: Tensor,
     maps: Tensor,
@@ -289,7 +290,7 @@ def road_curve(
     """ROAD, most relevant first: like deletion, but removed pixels are imputed by :func:`linear_impute`.
 
     Args:
-        model, images, maps, targets, fill: As in :func:`deletion_curve`.
+        model, images, maps, targets, fill: As in :func:`deletion_insertion_curve`.
         steps: Curve points after the first; point ``k`` has ``k / steps`` removed.
         noise: Imputation noise (see :func:`linear_impute`).
         seed: Seeds the noise and the order of equal pixels, so a score is the same on every call.
@@ -492,7 +493,7 @@ def faithfulness_scores(
         attention: Score CBAM spatial gates where the model has them.
         steps: Points of the deletion and insertion curves after the first.
         road_steps: Points of the ROAD curve after the first (0: no ROAD).
-        fill: What a removed pixel becomes (see :func:`deletion_curve`):
+        fill: What a removed pixel becomes (see :func:`deletion_insertion_curve`):
             the blurred image by default, or a value per channel.
         randomize_layers: Top layers re-initialised for the sanity check (0: no check).
         seed: Seeds the random map, the order of equal pixels, ROAD's noise and the re-initialised weights.
@@ -512,8 +513,8 @@ def faithfulness_scores(
     baselines = {"random": random_map(count, size, torch.Generator().manual_seed(seed)), "centre": centre_map(count, size)}
     result = FaithfulnessResult()
     runs = {
-        "deletion": lambda m: deletion_curve(model, x, m, targets, steps, "delete", fill, seed),
-        "insertion": lambda m: deletion_curve(model, x, m, targets, steps, "insert", fill, seed),
+        "deletion": lambda m: deletion_insertion_curve(model, x, m, targets, steps, "delete", fill, seed),
+        "insertion": lambda m: deletion_insertion_curve(model, x, m, targets, steps, "insert", fill, seed),
     }
     if road_steps > 0:
         runs["road"] = lambda m: road_curve(model, x, m, targets, road_steps, fill, seed=seed)
@@ -602,15 +603,11 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     """The rows of :func:`summary_rows` as a Markdown table, ``mean [low, high]`` per cell."""
     columns = [*(m for m in METRICS if m in rows[0]), *(f"{c}_vs_random" for c in CURVES if f"{c}_vs_random" in rows[0])]
-    lines = [
-        "| method | " + " | ".join(columns) + " | flagged |",
-        "| --- |" + " --- |" * (len(columns) + 1),
+    cells = [
+        [row["method"], *(_cell(row, column) for column in columns), {True: "yes", False: "no"}.get(row["flagged"], "")]
+        for row in rows
     ]
-    for row in rows:
-        cells = [_cell(row, column) for column in columns]
-        flag = {True: "yes", False: "no"}.get(row["flagged"], "")
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {flag} |")
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(["method", *columns, "flagged"], cells) + "\n"
 
 
 def _cell(row: Mapping[str, object], column: str) -> str:

@@ -3,7 +3,8 @@
 One function, :func:`render_pictures`, gathers the tensors (predictions,
 Grad-CAM, input-gradient methods, activations, attention gates) with the
 functions of :mod:`visualization.attributions` and draws them with those of
-:mod:`visualization.figures`. The training callback and ``explain.py`` both
+:mod:`visualization.grids` (pictures made of images) and :mod:`visualization.figures`
+(charts). The training callback and ``explain.py`` both
 call it, so a picture of a checkpoint is the picture TensorBoard showed during
 training. No Lightning import: a model is any ``nn.Module`` taking images in
 ``[0, 1]``.
@@ -27,10 +28,9 @@ from visualization.attributions import (
     prepare_inputs,
     resolve_layers,
 )
-from visualization.figures import (
-    channel_gates_figure,
+from visualization.figures import channel_gates_figure, figure_to_image
+from visualization.grids import (
     feature_maps_grid,
-    figure_to_image,
     gradcam_grid,
     layer_gradcam_grid,
     mistakes_grid,
