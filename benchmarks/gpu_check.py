@@ -129,14 +129,18 @@ class Setting:
 # ---- data -------------------------------------------------------------------------------
 
 
-def write_generated_images(folder: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
-    """``folder/train/<class>/*.png``: noise around a class colour, for the CPU smoke run."""
+def write_generated_images(folder: Path, classes: int = 3, per_class: int = 4, seed: int = 0, size: int = 16) -> Path:
+    """``folder/train/<class>/*.png``: noise around a class colour, for the CPU smoke run.
+
+    16x16, not CIFAR's 32x32: the same code paths at a quarter of the ResNet's work (the
+    recipe row's pictures and scores were most of the smoke run's time).
+    """
     rng = np.random.default_rng(seed)
     for label in range(classes):
         target = folder / "train" / f"class{label}"
         target.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            pixels = rng.normal((label + 1) * 255 / (classes + 1), 40, size=(32, 32, 3)).clip(0, 255)
+            pixels = rng.normal((label + 1) * 255 / (classes + 1), 40, size=(size, size, 3)).clip(0, 255)
             Image.fromarray(pixels.astype(np.uint8), "RGB").save(target / f"{index:04d}.png")
     return folder
 
@@ -229,8 +233,14 @@ def _model(setting: Setting, num_classes: int) -> L.LightningModule:
     return MODELS[setting.model](num_classes=num_classes, channels_last=setting.channels_last, compile=setting.compile)
 
 
-# Callbacks that only draw or score at epoch ends: left out where a row times steps or stages.
-PICTURE_CALLBACKS = ("ConfusionMatrixPlot", "MistakeGallery", "InterpretabilityDumps", "FaithfulnessScores")
+# The standard callbacks (cli.STANDARD_CALLBACKS) that only draw or score at epoch ends:
+# switched off (set to null) where a row times steps or stages.
+PICTURE_KEYS = ("confusion_matrix", "mistakes", "pictures", "faithfulness")
+
+
+def without_pictures(config: dict) -> dict:
+    """The config with the drawing and scoring callbacks switched off, as ``--pictures null`` does."""
+    return config | {key: None for key in PICTURE_KEYS}
 
 
 # The models of the fit grid and the shipped config each runs (training_throughput may time more models).
@@ -244,10 +254,8 @@ def fit_config(model: str, work: Path) -> Path:
     times each stage of the shipped schedule. The picture callbacks are left out: they act at
     epoch ends and at the end of fit, after the timed steps (the recipe row draws them).
     """
-    config = yaml.safe_load(FIT_CONFIGS[model].read_text())
-    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"]
-                                      if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
-    for callback in config["trainer"]["callbacks"]:
+    config = without_pictures(yaml.safe_load(FIT_CONFIGS[model].read_text()))
+    for callback in config["trainer"].get("callbacks", []):
         if callback["class_path"].endswith("ProgressiveUnfreeze"):
             last = callback["init_args"]["stages"][-1]
             callback["init_args"]["stages"] = [{"epoch": 0, "train": "all", "lr": last["lr"]}]
@@ -480,18 +488,17 @@ def stage_step_seconds(data: Path, work: Path, sizes: Plan) -> list[float]:
 def squeezed_recipe(work: Path, keep_callbacks: bool = False) -> tuple[Path, int]:
     """The recipe with its three stages at epochs 0, 1, 2: three stage changes quickly.
 
-    Without ``keep_callbacks`` only the unfreeze callback stays (the DDP row); with it, all but
-    the picture callbacks.
+    The drawing and scoring callbacks are off either way. Without ``keep_callbacks`` the other
+    standard ones are off too and only the unfreeze callback stays (the DDP row).
     """
-    config = yaml.safe_load(RECIPE.read_text())
+    config = without_pictures(yaml.safe_load(RECIPE.read_text()))
     callbacks = config["trainer"]["callbacks"]
     (unfreeze,) = [c for c in callbacks if c["class_path"].endswith("ProgressiveUnfreeze")]
     for epoch, stage in enumerate(unfreeze["init_args"]["stages"]):
         stage["epoch"] = epoch
-    if keep_callbacks:
-        config["trainer"]["callbacks"] = [c for c in callbacks if c["class_path"].rsplit(".", 1)[-1] not in PICTURE_CALLBACKS]
-    else:
+    if not keep_callbacks:
         config["trainer"]["callbacks"] = [unfreeze]
+        config |= {key: None for key in ("predictions", "loss_plots")}
     path = work / ("resnet_cbam_stages.yaml" if keep_callbacks else "resnet_cbam_ddp.yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, len(unfreeze["init_args"]["stages"])
