@@ -30,6 +30,7 @@ CNN_FAST = REPO / "configs" / "cnn_fast.yaml"
 CLASSES = ["bird", "cat", "ship"]
 # One epoch of 4 steps at a high rate: a model that is wrong often enough for a confusion matrix with off-diagonal
 # counts and a gallery to choose from.
+FP32 = ["--trainer.precision", "32-true"]
 SHORT_FIT = ["--trainer.max_epochs", 1, "--data.batch_size", 16, "--model.optimizer.lr", 0.01]
 
 
@@ -73,7 +74,9 @@ def assert_rows_match(rows: list[dict[str, str]], probs: torch.Tensor, truths: l
 
 
 def test_predict_writes_the_test_split_to_the_run_folder(fitted, tiny_data, run_cli):
-    predict = run_cli("predict", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted)
+    # In fp32, as the forward pass it is compared with (on a bf16 CPU the automatic bf16-mixed moves a
+    # probability by 1e-3; test_precision covers bf16).
+    predict = run_cli("predict", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted, *FP32)
     path = Path(predict.trainer.log_dir) / "predictions.csv"
     rows = read_csv(path)
     files = [tiny_data / "test" / name / f"{i:03d}.png" for name in CLASSES for i in range(6)]
@@ -92,7 +95,7 @@ def test_predict_dir_takes_any_size_names_broken_files_and_predicts_the_rest(fit
     # In fp32, as the forward pass it is compared with (bf16-mixed moved a probability by 1e-5).
     with pytest.warns(UserWarning, match=r"(?s)Skipping 1 unreadable.*broken\.png"):
         predict = run_cli("predict", *tiny_args(CNN_FAST, tiny_data), "--ckpt_path", fitted, "--data.predict_dir", mine,
-                          "--trainer.precision", "32-true")
+                          *FP32)
     rows = read_csv(Path(predict.trainer.log_dir) / "predictions.csv")
     assert [r["file"] for r in rows] == ["big.jpg", "cat/a.png"]
     assert_rows_match(rows, model_probs(fitted, [mine / "big.jpg", mine / "cat" / "a.png"]), ["", "cat"])
@@ -230,7 +233,7 @@ def test_ddp_predict_writes_every_image_once_and_a_failed_merge_stops_every_rank
         (mine / name / f"{i}.png").write_bytes((tiny_data / "test" / name / f"{i % 6:03d}.png").read_bytes())
     command = [sys.executable, str(REPO / "cli.py"), "predict", *map(str, tiny_args(CNN, tiny_data)),
                "--ckpt_path", str(fitted), "--data.predict_dir", str(mine), "--pictures", "null",
-               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", *FP32]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
