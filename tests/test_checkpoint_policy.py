@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from callbacks import AtomicCheckpointIO
-from tests.conftest import REPO
+from tests.conftest import NO_PICTURES, REPO
 from tests.test_cli import tiny_args
 
 CNN = REPO / "configs" / "cnn.yaml"
-SHORT = ["--data.batch_size", "16", "--trainer.limit_train_batches", 2, "--trainer.limit_val_batches", 1]
+# Without the drawing callbacks: checkpoints are what these tests are about.
+SHORT = ["--data.batch_size", "16", "--trainer.limit_train_batches", 2, "--trainer.limit_val_batches", 1, *NO_PICTURES]
 
 
 def _fit(run_cli, data: Path, *extra):

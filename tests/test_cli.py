@@ -104,9 +104,11 @@ def test_a_flag_or_config_changes_or_switches_off_a_standard_callback(tiny_data,
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
-    # MNIST configs need grayscale 28x28 images, all others RGB 32x32. One short epoch (one
-    # training batch), not fast_dev_run: that turns off the loggers, and with them the pictures.
-    tiny_data = request.getfixturevalue("tiny_mnist" if config.stem.startswith("mnist") else "tiny_data")
+    # MNIST configs need grayscale 28x28 images, the others RGB; the ResNets take 16x16 (their
+    # adaptive pooling takes any size; a quarter of the work), VGG-16's five poolings need 32x32. One
+    # short epoch (one training batch), not fast_dev_run: that turns off the loggers, and the pictures.
+    data_fixture = "tiny_mnist" if config.stem.startswith("mnist") else "tiny_data_16" if "resnet" in config.stem else "tiny_data"
+    tiny_data = request.getfixturevalue(data_fixture)
     fit = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.max_epochs", 1, *SHORT_FAITHFULNESS_CURVES, *FP32)
     assert fit.datamodule.classes == ["bird", "cat", "ship"]
     assert fit.model.num_classes == 3
@@ -152,8 +154,10 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
         assert not any(tag.startswith(("gradcam/", "mistakes/")) for tag in drawn)
 
 
-def _train(run_cli, data, *extra):
-    return run_cli("fit", *tiny_args(REPO / "configs/cnn.yaml", data), "--data.batch_size", 16, *extra)
+def _train(run_cli, data, *extra, pictures: bool = False):
+    """A tiny cnn.yaml fit; the drawing callbacks only where the test is about them (half a tiny fit's time)."""
+    return run_cli("fit", *tiny_args(REPO / "configs/cnn.yaml", data), "--data.batch_size", 16,
+                   *([] if pictures else NO_PICTURES), *extra)
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -171,13 +175,15 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny_data,
 
 
 def test_resume_from_last_continues_the_run_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch):
-    straight = _train(run_cli, tiny_data, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
+    # With the pictures: their epoch-end drawings and saved state must not move the resumed bits.
+    straight = _train(run_cli, tiny_data, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight",
+                      pictures=True)
     expected = _weights(straight.model)
 
-    _train(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed")
+    _train(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed", pictures=True)
     resumed = _train(
         run_cli, tiny_data, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",
-        "--ckpt_path", "last",
+        "--ckpt_path", "last", pictures=True,
     )
     assert resumed.trainer.current_epoch == 3
     assert resumed.trainer.global_step == straight.trainer.global_step
@@ -203,10 +209,10 @@ def test_test_with_best_and_no_run_names_the_fix(tiny_data, run_cli, capsys):
 
 
 def test_resuming_with_max_epochs_below_the_checkpoints_exits_2_and_keeps_the_run(tiny_data, run_cli, tmp_path, capsys):
-    fit = _train(run_cli, tiny_data, "--trainer.max_epochs", 2, *NO_PICTURES)
+    fit = _train(run_cli, tiny_data, "--trainer.max_epochs", 2)
     run = Path(fit.trainer.log_dir)
     with pytest.raises(SystemExit) as exit_info:
-        _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--ckpt_path", "last", *NO_PICTURES)
+        _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--ckpt_path", "last")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "trained 2 epochs, more than --trainer.max_epochs 1" in err and "HINT: resume with --trainer.max_epochs 2" in err

@@ -28,7 +28,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.cluster_helpers import clean_env, free_port
-from tests.conftest import REPO
+from tests.conftest import NO_PICTURES, REPO
 from tests.test_cli import tiny_args
 
 CNN = REPO / "configs" / "cnn.yaml"
@@ -150,7 +150,9 @@ SLURM = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NAME": "cifar", "SLURM_NTASKS": "1",
          "SLURM_NODELIST": "127.0.0.1"}
 # 72 tiny images, 12 validated, batches of 16: 4 steps an epoch. SIGUSR1 arrives during the backward pass of
 # step 7 (mid-epoch 1), as a real signal lands mid-step; the checkpoint is taken at that step's end.
-SINGLE = ["--data.batch_size", 16, "--trainer.deterministic", "true", "--trainer.max_epochs", 3]
+# The signal tests run without the drawing callbacks (NO_PICTURES), half of each tiny fit; the
+# two-node tests above keep them (drawn by global rank 0 only).
+SINGLE = ["--data.batch_size", 16, "--trainer.deterministic", "true", "--trainer.max_epochs", 3, *NO_PICTURES]
 USR1_AT_6 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 6,
              "--trainer.callbacks.init_args.mid_step", "true"]
 
@@ -208,7 +210,7 @@ def test_under_ddp_one_signalled_rank_makes_every_rank_save_at_the_same_step(tin
              "MASTER_PORT": str(free_port())}
     signal_rank_1 = ["--trainer.callbacks+=tests.cluster_helpers.SignalsAtStep", "--trainer.callbacks.init_args.step", 2,
                      "--trainer.callbacks.init_args.mid_step", "true", "--trainer.callbacks.init_args.rank", 1]
-    command = [sys.executable, *_command(tiny_data, "--trainer.devices", 2, *signal_rank_1)]
+    command = [sys.executable, *_command(tiny_data, "--trainer.devices", 2, *signal_rank_1, *NO_PICTURES)]
     processes = [
         subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=_env(**{**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},

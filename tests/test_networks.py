@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -144,7 +146,10 @@ def test_model_normalises_with_linked_statistics():
     torch.testing.assert_close(model(images), expected)
 
 
-def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():
+def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys(monkeypatch):
+    # aot_eager: dynamo's tracing and AOTAutograd's graphs, without Inductor's C++ build (a minute on
+    # 2 cores, most of this test's time); benchmarks/gpu_check.py compiles with Inductor for real.
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="aot_eager"))
     torch.manual_seed(0)
     plain = CNNClassifier().eval()
     fast = CNNClassifier(channels_last=True, compile=True).eval()

@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lightning_modules import CNNClassifier
 from precision_choice import choose_precision
+from tests.conftest import NO_PICTURES
 from tests.test_cli import REPO, tiny_args
 from visualization.faithfulness import faithfulness_scores
 from visualization.pictures import render_pictures
@@ -76,7 +77,8 @@ def info_logs(caplog):
 
 
 def _fit(run_cli, data, *extra):
-    return run_cli("fit", *tiny_args(REPO / "configs/cnn.yaml", data), "--data.batch_size", 16, *extra)
+    """A tiny cnn.yaml fit without the drawing callbacks (test_precision checks the pictures' precision below)."""
+    return run_cli("fit", *tiny_args(REPO / "configs/cnn.yaml", data), "--data.batch_size", 16, *NO_PICTURES, *extra)
 
 
 @pytest.mark.parametrize(("features", "expected"), [(("AVX512_BF16",), "bf16-mixed"), ((), "32-true")])

@@ -15,16 +15,17 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPl
 
 from datamodules import CIFAR10DataModule
 from lightning_modules import CNNClassifier
-from tests.conftest import REPO
+from tests.conftest import NO_PICTURES, REPO
 
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.enable_checkpointing", "false"]
 
 
 def _fit(run_cli, tiny_data, config: str, *extra: object):
-    # 72 training images less 12 validated = 60, in batches of 16: 4 optimiser steps an epoch.
+    # 72 training images less 12 validated = 60, in batches of 16: 4 optimiser steps an epoch. The
+    # schedules are what these tests are about: the drawing callbacks are off.
     return run_cli("fit", "--config", REPO / "configs" / config, "--data.data_dir", tiny_data,
-                   "--data.val_size", 12, "--data.batch_size", 16, *FAST, *extra)
+                   "--data.val_size", 12, "--data.batch_size", 16, *FAST, *NO_PICTURES, *extra)
 
 
 def _only_scheduler(cli):
@@ -154,7 +155,7 @@ def test_a_fit_too_short_for_the_warm_up_exits_2(tiny_data, run_cli, capsys):
 
 def test_resuming_a_sized_schedule_with_another_length_exits_2(tiny_data, run_cli, capsys):
     args = ["--config", REPO / "configs/cnn_fast.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
-            "--data.batch_size", 16, *FAST[:-2]]  # with checkpoints
+            "--data.batch_size", 16, *FAST[:-2], *NO_PICTURES]  # with checkpoints
     run_cli("fit", *args, "--trainer.max_epochs", 2)
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", *args, "--trainer.max_epochs", 3, "--ckpt_path", "last")

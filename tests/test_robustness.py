@@ -21,6 +21,9 @@ from tests.test_cli import tiny_args
 CNN = REPO / "configs" / "cnn.yaml"
 # 72 tiny images, 12 for validation, batches of 16: 4 training steps an epoch.
 SMALL = ["--data.batch_size", "16", "--trainer.deterministic", "true"]
+# The resume and crash tests run without the drawing callbacks (NO_PICTURES): they were half of each
+# tiny fit. That pictures leave the training stream alone is test_interpretability's and test_cli's
+# resume test's to show; the DDP test below keeps them (written once, on rank zero).
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,13 +43,13 @@ def _assert_same_weights(actual: dict, expected: dict) -> None:
 
 
 def _straight_run(run_cli, tiny_data, workers: int = 0):
-    return run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+    return run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                    "--data.num_workers", workers, "--trainer.logger.init_args.name", f"straight{workers}")
 
 
 def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path):
     straight = _straight_run(run_cli, tiny_data)
-    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                           "--trainer.logger.init_args.name", "preempted",
                           "--trainer.callbacks+=tests.fault_helpers.SigtermAtStep",
                           "--trainer.callbacks.init_args.step", 6)
@@ -55,7 +58,7 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
     last = tmp_path / "lightning_logs/preempted/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6  # mid-epoch 1: nothing trained is lost
 
-    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                       "--trainer.logger.init_args.name", "preempted", "--ckpt_path", "last")
     assert resumed.trainer.global_step == straight.trainer.global_step == 12
     _assert_same_weights(_weights(resumed.model), _weights(straight.model))
@@ -66,14 +69,14 @@ def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp
     straight = _straight_run(run_cli, tiny_data, workers)
     # Ctrl-C: Lightning's graceful shutdown exits 1; a crash: the error itself, with its traceback.
     with pytest.raises(SystemExit if ctrl_c else RuntimeError) as raised:
-        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3, "--data.num_workers", workers,
+        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3, "--data.num_workers", workers,
                 "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 6,
                 "--trainer.callbacks.init_args.ctrl_c", str(ctrl_c).lower())
     assert (raised.value.code == 1) if ctrl_c else (str(raised.value) == "injected crash")
     assert "HINT: resume with the same command plus --ckpt_path last" in capsys.readouterr().err
     last = tmp_path / "lightning_logs/cnn/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6
-    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 3,
+    resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                       "--data.num_workers", workers, "--ckpt_path", "last")
     assert resumed.trainer.global_step == 12
     _assert_same_weights(_weights(resumed.model), _weights(straight.model))
@@ -96,7 +99,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
 
 def test_a_full_disk_during_training_keeps_last_ckpt_loadable(tiny_data, run_cli, tmp_path, monkeypatch):
-    run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 1)
+    run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 1)
     checkpoints = tmp_path / "lightning_logs/cnn/version_0/checkpoints"
 
     def full_disk(obj, file, *args, **kwargs):
@@ -105,7 +108,7 @@ def test_a_full_disk_during_training_keeps_last_ckpt_loadable(tiny_data, run_cli
 
     monkeypatch.setattr(fault_tolerance.torch, "save", full_disk)
     with pytest.warns(UserWarning, match="Could not save"), pytest.raises(OSError, match="No space left"):
-        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2, "--ckpt_path", "last")
+        run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 2, "--ckpt_path", "last")
     monkeypatch.undo()
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
     assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")]
@@ -121,7 +124,7 @@ def test_non_finite_weights_are_never_written_over_a_good_checkpoint(tmp_path):
 
 
 def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli, tmp_path):
-    fit = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2)
+    fit = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 2)
     assert isinstance(fit.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     best = Path(fit.trainer.checkpoint_callback.best_model_path)
     checkpoint = torch.load(best, weights_only=True)
@@ -133,14 +136,14 @@ def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli,
     assert checkpoint["epoch"] == val_acc.index(max(val_acc))
     logged = float(fit.trainer.checkpoint_callback.best_model_score)
     model = CNNClassifier.load_from_checkpoint(best, weights_only=True)
-    validate = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, "--ckpt_path", best)
+    validate = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--ckpt_path", best)
     assert float(validate.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
     assert model.hparams.num_classes == 3
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
-    common = [*tiny_args(CNN, tiny_data), *SMALL, "--data.num_workers", workers]
+    common = [*tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--data.num_workers", workers]
     straight = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
     run_cli("fit", *common, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed")
     resumed = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",

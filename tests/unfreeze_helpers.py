@@ -19,6 +19,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_modules import ImageClassifier
+from tests.conftest import PICTURE_KEYS
 
 # Every BatchNorm, SyncBatchNorm included: public classes, not torch's private _BatchNorm.
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -137,6 +138,7 @@ def write_config(
             0, {"class_path": "callbacks.ProgressiveUnfreeze", "init_args": {"stages": stages, **unfreeze}}
         )
     config = {
+        **dict.fromkeys(PICTURE_KEYS),  # the drawing callbacks off: not what these tests are about
         "seed_everything": 0,
         "trainer": {
             "accelerator": "cpu",
