@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from callbacks import ProgressiveUnfreeze
-from tests.conftest import REPO, config_with_stages
+from tests.conftest import NO_PICTURES, REPO, config_with_stages
 from tests.test_cli import tiny_args
 from tests.unfreeze_helpers import ScheduleRecorder, write_config
 
@@ -169,9 +169,9 @@ def test_constant_learning_rate_works_with_stages(tiny_data, run_cli, tmp_path):
     assert [lr for _, lr, _ in _optimizer_view(cli)] == [1e-3, 1e-3]  # stage 1 lowered every group
 
 
-def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data, run_cli):
+def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data_16, run_cli):
     config = REPO / "configs/resnet_cbam_discriminative.yaml"
-    cli = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.fast_dev_run", "true")
+    cli = run_cli("fit", *tiny_args(config, tiny_data_16), "--trainer.fast_dev_run", "true", *NO_PICTURES)
     new, pretrained = cli.trainer.optimizers[0].param_groups
     assert (new["name"], new["lr"], pretrained["name"], pretrained["lr"]) == ("new", 1e-3, "pretrained", 1e-5)
     net = cli.model.net
@@ -180,12 +180,12 @@ def test_discriminative_config_groups_new_and_pretrained_modules(tiny_data, run_
     assert {id(p) for p in pretrained["params"]} == {id(p) for p in cli.model.parameters()} - new_ids
 
 
-def test_resnet_cbam_config_schedule_through_the_cli(tiny_data, run_cli, tmp_path):
+def test_resnet_cbam_config_schedule_through_the_cli(tiny_data_16, run_cli, tmp_path):
     stages = [{"epoch": 0, "train": ["conv1", "cbam", "fc"], "lr": 1.0e-3},
               {"epoch": 1, "train": ["+layer3", "+layer4"], "lr": 1.0e-4}]
     config = config_with_stages(tmp_path, stages)
     cli = run_cli(
-        "fit", *tiny_args(config, tiny_data), "--trainer.callbacks+=" + RECORDER,
+        "fit", *tiny_args(config, tiny_data_16), "--trainer.callbacks+=" + RECORDER,
         "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 1, "--trainer.limit_val_batches", 1,
         "--data.batch_size", 4,
     )
