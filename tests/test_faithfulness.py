@@ -197,6 +197,16 @@ def test_randomizing_the_top_layer_changes_only_it_and_restores_it():
     assert all(p is q for p, q in zip(params, net.parameters())) and torch.equal(rng, torch.get_rng_state())
 
 
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d(4), nn.SyncBatchNorm(4), nn.InstanceNorm1d(4, affine=True),
+                                  nn.GroupNorm(2, 4), nn.LayerNorm(4)], ids=lambda m: type(m).__name__)
+def test_randomizing_skips_normalisation_layers(norm):
+    """The cascading test re-draws learned transforms; a norm layer on top is passed over, whatever its class."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), norm)
+    with randomized_top_layers(net, 2, seed=0) as names:
+        pass
+    assert names == ["1", "0"]
+
+
 def test_randomizing_layers_seeds_no_global_generator(monkeypatch):
     """``torch.manual_seed`` reseeds every CUDA generator as well; scoring must leave them to training."""
     seeded = []

@@ -400,7 +400,9 @@ def randomized_top_layers(model: nn.Module, count: int = 1, seed: int = 0) -> It
     Yields:
         The dotted names of the re-initialised layers, top first.
     """
-    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    # Normalisation layers keep their weights: public classes, not torch's private _NormBase.
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+             nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
     layers = [
         (name, module)
         for name, module in model.named_modules()
