@@ -86,8 +86,8 @@ def _index_on(device: torch.device, indices: list[int]) -> torch.Tensor:
     return index.to(device, non_blocking=True)
 
 
-def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate for ``InMemoryImages.__getitems__``: the batch is already stacked."""
+def _already_stacked(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identity collate: ``InMemoryImages.__getitems__`` returns the batch already stacked."""
     return batch
 
 
@@ -362,7 +362,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             generator=loader_generator(self.shuffle_seed),
             num_workers=self.num_workers,
-            collate_fn=_keep_batch,
+            collate_fn=_already_stacked,
             pin_memory=self.pin_memory and on_host and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
