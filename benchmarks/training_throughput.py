@@ -64,12 +64,7 @@ def _autocast(precision: str):
 
 
 def bare_step(cls, channels_last: bool, batch_size: int, steps: int, warmup: int) -> float:
-    model = cls(channels_last=channels_last)
-    model.configure_model()
-    images = torch.rand(batch_size, 3, 32, 32)
-    labels = torch.randint(0, 10, (batch_size,))
-    step = make_step(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-    return images_per_second(iter(lambda: (images, labels), None), steps, warmup, step)
+    return bare_step_seconds(cls, "32-true", False, batch_size, steps, warmup, channels_last)[0]
 
 
 def reference_loop(cls, args, num_workers: int) -> float:
@@ -107,20 +102,24 @@ class _StepTimer(L.Callback):
             self.end = time.perf_counter()
 
 
-def our_fit(cls, datamodule: CIFAR10DataModule, channels_last: bool, args) -> float:
+def our_fit(cls, datamodule: CIFAR10DataModule, channels_last: bool, args, precision: str = "32-true",
+            compile: bool = False) -> float:
+    """images/s of our ``fit`` (Trainer, datamodule, augmentation) after the warm-up."""
     timer = _StepTimer(args.warmup)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=args.warmup + args.steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu", precision=precision, max_steps=args.warmup + args.steps, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer],
     )
-    model = cls(num_classes=datamodule.num_classes, channels_last=channels_last)
+    model = cls(num_classes=datamodule.num_classes, channels_last=channels_last, compile=compile)
     trainer.fit(model, datamodule=datamodule)
     return timer.images / (timer.end - timer.start)
 
 
-def bare_step_seconds(cls, precision: str, compile: bool, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s of the bare channels_last step, seconds the warm-up cost beyond its steps: the compile)."""
-    model = cls(channels_last=True, compile=compile)
+def bare_step_seconds(cls, precision: str, compile: bool, batch_size: int, steps: int, warmup: int,
+                      channels_last: bool = True) -> tuple[float, float]:
+    """(images/s of the bare step, seconds the warm-up cost beyond its steps: the compile)."""
+    model = cls(channels_last=channels_last, compile=compile)
     model.configure_model()
     images = torch.rand(batch_size, 3, 32, 32)
     labels = torch.randint(0, 10, (batch_size,))
@@ -133,19 +132,6 @@ def bare_step_seconds(cls, precision: str, compile: bool, batch_size: int, steps
     return speed, max(first - batch_size / speed, 0.0)
 
 
-def fit_speed(cls, datamodule: CIFAR10DataModule, precision: str, compile: bool, args) -> float:
-    """images/s of our ``fit`` (Trainer, datamodule, augmentation) after the warm-up, channels_last."""
-    timer = _StepTimer(args.warmup)
-    trainer = L.Trainer(
-        accelerator="cpu", precision=precision, max_steps=args.warmup + args.steps, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer],
-    )
-    model = cls(num_classes=datamodule.num_classes, channels_last=True, compile=compile)
-    trainer.fit(model, datamodule=datamodule)
-    return timer.images / (timer.end - timer.start)
-
-
 def precision_table(name: str, cls, datamodule: CIFAR10DataModule, args) -> None:
     """Bare step and fit in fp32, bf16 and bf16 + compile; the compile's payback in steps."""
     bare, fit, compile_seconds = {}, {}, {}
@@ -154,7 +140,7 @@ def precision_table(name: str, cls, datamodule: CIFAR10DataModule, args) -> None
             speed, warmup_cost = bare_step_seconds(cls, precision, compiled, args.batch_size, args.steps, args.warmup)
             bare[label] = max(bare.get(label, 0.0), speed)
             compile_seconds.setdefault(label, warmup_cost)  # round one's: later rounds reuse dynamo's cache
-            fit[label] = max(fit.get(label, 0.0), fit_speed(cls, datamodule, precision, compiled, args))
+            fit[label] = max(fit.get(label, 0.0), our_fit(cls, datamodule, True, args, precision, compiled))
     rows = []
     for label in PRECISIONS:
         rows.append((f"bare step, {label}", bare[label], f"{bare[label] / bare['fp32']:.2f}x", ""))
