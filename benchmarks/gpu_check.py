@@ -240,7 +240,7 @@ PICTURE_KEYS = ("confusion_matrix", "mistakes", "pictures", "faithfulness")
 
 def without_pictures(config: dict) -> dict:
     """The config with the drawing and scoring callbacks switched off, as ``--pictures null`` does."""
-    return config | {key: None for key in PICTURE_KEYS}
+    return config | dict.fromkeys(PICTURE_KEYS)
 
 
 # The models of the fit grid and the shipped config each runs (training_throughput may time more models).
@@ -498,7 +498,7 @@ def squeezed_recipe(work: Path, keep_callbacks: bool = False) -> tuple[Path, int
         stage["epoch"] = epoch
     if not keep_callbacks:
         config["trainer"]["callbacks"] = [unfreeze]
-        config |= {key: None for key in ("predictions", "loss_plots")}
+        config |= dict.fromkeys(("predictions", "loss_plots"))
     path = work / ("resnet_cbam_stages.yaml" if keep_callbacks else "resnet_cbam_ddp.yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, len(unfreeze["init_args"]["stages"])
