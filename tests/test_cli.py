@@ -54,10 +54,10 @@ def standard_callbacks(trainer) -> dict[str, object]:
     return {type(c).__name__: c for c in trainer.callbacks if isinstance(c, kinds)}
 
 
-# FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4): the same code paths and
-# tags at a third of the forward passes (on ResNet the scoring was two thirds of the test's time).
 STANDARD_NAMES = ("LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlot", "LossPlots", "MistakeGallery",
                   "InterpretabilityDumps", "FaithfulnessScores", "StopOnNonFiniteLoss")
+# FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4): the same code paths and
+# tags at a third of the forward passes (on ResNet the scoring was two thirds of the test's time).
 SHORT_FAITHFULNESS_CURVES = ["--faithfulness.steps", 2, "--faithfulness.road_steps", 1]
 # The test metrics are compared with an fp32 hand count: on a CPU with bf16 the automatic
 # bf16-mixed moved the MLP's test/loss by 8e-4 (relative). test_precision covers bf16.
