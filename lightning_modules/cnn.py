@@ -1,10 +1,11 @@
-"""The main small CNN, with optional squeeze-and-excitation after each block.
+"""The main small CNN, with optional SE or CBAM attention after each block.
 
-Three blocks of Conv 3x3 -> BatchNorm -> ReLU (-> SE) -> MaxPool 2, widths
-32/64/128 (32x32 -> 16 -> 8 -> 4), then Linear 512 -> Dropout 0.5 -> classes.
-Blocks are named ``conv1..conv3`` (their outputs are the post-ReLU, post-SE
-feature maps that Grad-CAM and the feature-map plots address); the SE module of
-a block is ``convN.se``.
+Three blocks of Conv 3x3 -> BatchNorm -> ReLU (-> SE or CBAM) -> MaxPool 2,
+widths 32/64/128 (32x32 -> 16 -> 8 -> 4), then Linear 512 -> Dropout 0.5 ->
+classes. Blocks are named ``conv1..conv3`` (their outputs are the post-ReLU,
+post-attention feature maps that Grad-CAM and the feature-map plots address);
+the attention module of a block is ``convN.se`` or ``convN.cbam``, the same
+classes the ResNet uses, so the pictures find their gates the same way.
 """
 
 from __future__ import annotations
@@ -15,25 +16,35 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_modules.attention import SqueezeExcite
+from lightning_modules.attention import CBAM, SqueezeExcite
 from lightning_modules.base import ImageClassifier
 
 from user_input import UserInputError
 
-__all__ = ["CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier"]
+__all__ = ["ATTENTION_BLOCKS", "CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier", "CNNCBAMClassifier"]
+
+# What may follow a block's ReLU, by the submodule name it gets (``convN.<name>``).
+ATTENTION_BLOCKS: dict[str, type[nn.Module]] = {"se": SqueezeExcite, "cbam": CBAM}
 
 
 class ConvBlock(nn.Sequential):
-    """Conv 3x3 -> BatchNorm -> ReLU, then SE when ``se_ratio`` is given."""
+    """Conv 3x3 -> BatchNorm -> ReLU, then the ``attention`` block when one is named."""
 
-    def __init__(self, in_channels: int, out_channels: int, se_ratio: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, attention: str | None = None, rd_ratio: int = 16
+    ) -> None:
         layers: dict[str, nn.Module] = {
             "conv": nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             "bn": nn.BatchNorm2d(out_channels),
             "relu": nn.ReLU(inplace=True),
         }
-        if se_ratio is not None:
-            layers["se"] = SqueezeExcite(out_channels, se_ratio)
+        if attention is not None:
+            if attention not in ATTENTION_BLOCKS:
+                raise UserInputError(
+                    f"attention={attention!r} is not a block this CNN has. "
+                    f"HINT: use one of {sorted(ATTENTION_BLOCKS)}, or leave it out for none."
+                )
+            layers[attention] = ATTENTION_BLOCKS[attention](out_channels, rd_ratio)
         super().__init__(OrderedDict(layers))
 
 
@@ -51,16 +62,17 @@ class CNN(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 512,
         dropout: float = 0.5,
-        se_ratio: int | None = None,
+        attention: str | None = None,
+        rd_ratio: int = 16,
     ) -> None:
         super().__init__()
         if len(widths) != 3:
             raise UserInputError(f"widths={list(widths)} must name 3 block widths (conv1..conv3).")
-        self.conv1 = ConvBlock(in_channels, widths[0], se_ratio)
+        self.conv1 = ConvBlock(in_channels, widths[0], attention, rd_ratio)
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = ConvBlock(widths[0], widths[1], se_ratio)
+        self.conv2 = ConvBlock(widths[0], widths[1], attention, rd_ratio)
         self.pool2 = nn.MaxPool2d(2)
-        self.conv3 = ConvBlock(widths[1], widths[2], se_ratio)
+        self.conv3 = ConvBlock(widths[1], widths[2], attention, rd_ratio)
         self.pool3 = nn.MaxPool2d(2)
         height, width = (size // 8 for size in image_size)
         if min(height, width) < 1:
@@ -119,4 +131,28 @@ class CNNSEClassifier(ImageClassifier):
     ) -> None:
         super().__init__(**kwargs)
         channels, height, width = self.input_shape
-        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, se_ratio)
+        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, "se", se_ratio)
+
+
+class CNNCBAMClassifier(ImageClassifier):
+    """The CNN with CBAM (channel, then spatial attention) after each block's ReLU (``convN.cbam``).
+
+    Args:
+        rd_ratio: Channel reduction of CBAM's channel-attention bottleneck.
+        widths: Channels of conv1..conv3.
+        hidden: Width of the hidden linear layer.
+        dropout: Dropout before the last layer.
+        **kwargs: See ``ImageClassifier``.
+    """
+
+    def __init__(
+        self,
+        rd_ratio: int = 16,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 512,
+        dropout: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        channels, height, width = self.input_shape
+        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, "cbam", rd_ratio)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_modules import (
+    CNNCBAMClassifier,
     CNNClassifier,
     CNNSEClassifier,
     LeNetClassifier,
@@ -25,6 +26,7 @@ ALL = [
     LeNetClassifier,
     CNNClassifier,
     CNNSEClassifier,
+    CNNCBAMClassifier,
     ResNet18Classifier,
     ResNet18CBAMClassifier,
     VGGClassifier,
@@ -44,7 +46,7 @@ def test_logits_shape_and_finite(cls, num_classes):
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("cls", [MLPClassifier, LeNetClassifier, CNNClassifier, CNNSEClassifier])
+@pytest.mark.parametrize("cls", [MLPClassifier, LeNetClassifier, CNNClassifier, CNNSEClassifier, CNNCBAMClassifier])
 def test_small_networks_take_grayscale_28px(cls):
     model = cls(num_classes=10, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,)).eval()
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -59,13 +61,30 @@ def test_se_adds_under_two_percent_to_the_cnn():
     assert cnn < cnn_se < 1.02 * cnn
 
 
-def test_cnn_blocks_are_named_conv1_to_conv3_with_se_inside():
-    model = CNNSEClassifier().net
+def test_cbam_adds_under_two_percent_to_the_cnn_and_more_than_se():
+    cnn, cnn_se, cnn_cbam = n_params(CNNClassifier()), n_params(CNNSEClassifier()), n_params(CNNCBAMClassifier())
+    # The same channel bottleneck as SE plus a 7x7 conv over two maps per block (98 weights).
+    assert cnn_cbam - cnn_se == 3 * 2 * 7 * 7
+    assert cnn_cbam < 1.02 * cnn
+
+
+def test_cnn_blocks_are_named_conv1_to_conv3_with_the_attention_inside():
+    se_net, cbam_net = CNNSEClassifier().net, CNNCBAMClassifier().net
     for index, width in zip((1, 2, 3), (32, 64, 128)):
-        block = model.get_submodule(f"conv{index}")
+        block = se_net.get_submodule(f"conv{index}")
         assert block.conv.out_channels == width
         assert isinstance(block.se, SqueezeExcite)
+        assert isinstance(cbam_net.get_submodule(f"conv{index}.cbam"), CBAM)
     assert not hasattr(CNNClassifier().net.conv1, "se")
+    assert not hasattr(CNNClassifier().net.conv1, "cbam")
+
+
+def test_the_cnn_refuses_an_attention_block_it_does_not_have():
+    from lightning_modules.cnn import CNN
+    from user_input import UserInputError
+
+    with pytest.raises(UserInputError, match=r"attention='eca'.*\['cbam', 'se'\]"):
+        CNN(3, 10, attention="eca")
 
 
 def test_resnet_stage_shapes_and_cbam_placement():
@@ -120,12 +139,12 @@ def _gates(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return gates
 
 
-@pytest.mark.parametrize("cls", [CNNSEClassifier, ResNet18CBAMClassifier])
-def test_attention_gates_start_near_one_half(cls):
+# SE per CNN block; CBAM: channel + spatial per CNN block or ResNet stage.
+@pytest.mark.parametrize(("cls", "expected"), [(CNNSEClassifier, 3), (CNNCBAMClassifier, 6), (ResNet18CBAMClassifier, 8)])
+def test_attention_gates_start_near_one_half(cls, expected):
     torch.manual_seed(0)
     model = cls().eval()
     gates = _gates(model, torch.rand(8, 3, 32, 32))
-    expected = 3 if cls is CNNSEClassifier else 8  # SE per block; CBAM: channel + spatial per stage
     assert len(gates) == expected
     for name, gate in gates.items():
         assert (gate - 0.5).abs().max() < 0.1, name
