@@ -20,6 +20,7 @@ from cli import STANDARD_CALLBACKS, main
 from callbacks import AtomicCheckpointIO
 from tests.conftest import CONFIGS, NO_PICTURES, REPO
 from tests.pictures_helpers import tensorboard_images
+from visualization.pictures import attention_gates
 
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -145,8 +146,10 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
         for tag in (f"faithfulness/deletion_auc/gradcam_{last_layer}", "faithfulness/insertion_auc/random",
                     f"faithfulness/randomization_spearman/gradcam_{last_layer}"):
             assert [event.step for event in scores.Scalars(tag)] == [fit.trainer.global_step], tag
-        if "cbam" in config.stem:  # the CBAM spatial gates are scored too
-            assert "faithfulness/deletion_auc/attention_cbam.layer4.spatial" in scores.Tags()["scalars"]
+        if "cbam" in config.stem:  # the CBAM spatial gates are scored too (cbam.layer4.spatial, conv3.cbam.spatial)
+            spatial = [name.removesuffix(".gate") for name in attention_gates(fit.model.net) if ".spatial." in name]
+            assert len(spatial) == (4 if "resnet" in config.stem else 3)
+            assert f"faithfulness/deletion_auc/attention_{spatial[-1]}" in scores.Tags()["scalars"]
     if "ConfusionMatrixPlot" in pictures:
         assert [step for step, _ in drawn["confusion_matrix/val"]] == [fit.trainer.global_step]
         assert (Path(test.trainer.log_dir) / "pictures/test/confusion_matrix_test.png").is_file()
