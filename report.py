@@ -445,8 +445,8 @@ def _mean_or_dash(values: Sequence[float | None], fmt: Callable[[float], str]) -
 
 def results_table(groups: dict[str, list[Run]]) -> str:
     """The README's table: one row per config, test accuracy with its interval, and what the config costs."""
-    header = ["config", "model", "parameters", "epochs", "seeds", "test acc (%)", "source's test acc (%)",
-              "s/epoch", "inference img/s"]
+    header = ["config", "model", "parameters", "epochs", "seeds", "test acc (%), mean ± 95 % interval",
+              "source's test acc (%)", "s/epoch", "inference img/s"]
     rows = []
     for config, runs in groups.items():
         rows.append([

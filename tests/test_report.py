@@ -20,6 +20,7 @@ from datamodules import CIFAR10DataModule
 from tests.conftest import REPO
 
 THRESHOLDS = (0.01, 0.99)
+TEST_ACC = "test acc (%), mean ± 95 % interval"  # the README table's column
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false"]
 
@@ -178,7 +179,8 @@ def test_markdown_only_prints_the_tables_and_writes_nothing(logs, tmp_path, caps
     assert report.main([str(copy), "--markdown-only"]) is None
     printed = capsys.readouterr().out
     groups = report.group_runs(report.find_runs(copy, report.DEFAULT_THRESHOLDS)[0])
-    assert printed.startswith(report.results_table(groups) + "\n\n" + report.TEST_ACCURACY_NOTE + "\n\nWhere they ran:\n\n- ")
+    readme = [report.results_table(groups), report.TEST_ACCURACY_NOTE, "Where they ran:", "- "]
+    assert printed.startswith("\n\n".join(readme))
     assert report.main([str(copy), "--details-only"]) is None
     printed = capsys.readouterr().out
     assert report.markdown_table(groups, report.DEFAULT_THRESHOLDS) in printed
@@ -449,12 +451,12 @@ def test_the_readme_table_gives_test_accuracy_with_a_t_interval(tmp_path):
     printed = report.results_markdown(logdir)
     cnn = _row(printed, "cnn_fast")
     # Mean 82 %, sample std 2 points, t(2) = 4.3027: half-width 4.3027 * 2 / sqrt(3) = 4.97 points.
-    assert cnn["test acc (%)"] == "82.00 ± 4.97"
+    assert cnn[TEST_ACC] == "82.00 ± 4.97"
     assert (cnn["seeds"], cnn["epochs"], cnn["parameters"]) == ("0, 1, 2", "2", "1,000")
     assert cnn["s/epoch"] == "15.5"  # (15 + 15.5 + 16) / 3
     assert cnn["source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
-    assert _row(printed, "mlp")["test acc (%)"] == "55.66"  # one seed: no interval
-    assert _row(printed, "lenet")["test acc (%)"] == "62.00 (1/2 tested)"
+    assert _row(printed, "mlp")[TEST_ACC] == "55.66"  # one seed: no interval
+    assert _row(printed, "lenet")[TEST_ACC] == "62.00 (1/2 tested)"
     assert "Paired comparisons" not in printed  # no pair of an attention config and its base
 
 
@@ -508,12 +510,14 @@ def test_details_only_prints_docs_results_and_the_report_holds_both(attention_lo
     path = report.write_report(attention_logs, resamples=500)
     text = path.read_text()
     readme, every_column = text.split("## Every column")
-    assert _row(readme, "cnn_se_fast")["test acc (%)"] == _row(report.results_markdown(attention_logs), "cnn_se_fast")[
-        "test acc (%)"]
+    printed = report.results_markdown(attention_logs)
+    # Two seeds at 10/12 and 9/12: half-width t(1) * |83.33 - 75| / 2 = 12.706 * 4.17 points.
+    assert _row(readme, "cnn_se_fast")[TEST_ACC] == _row(printed, "cnn_se_fast")[TEST_ACC] == "79.17 ± 52.94"
     assert _row(every_column, "lenet")["test/acc (%)"] == "61.25"
     summary = json.loads((path.parent / "report.json").read_text())
     (comparison,) = summary["comparisons"]
-    assert (comparison["first"], comparison["second"], comparison["seeds"]) == ("cnn_se_fast", "cnn_fast", [[0, 1], [0, 1]])
+    assert (comparison["first"], comparison["second"]) == ("cnn_se_fast", "cnn_fast")
+    assert comparison["seeds"] == [[0, 1], [0, 1]]  # cnn_fast's seed 2 has no predictions
     assert comparison["mcnemar"] == [[0, 5, 1, 0.21875], [1, 3, 3, 1.0]]
     assert comparison["bootstrap"]["difference"] == pytest.approx(4 / 24)
 
