@@ -616,7 +616,8 @@ def _reportable_runs(logdir: Path, thresholds: Sequence[float]) -> tuple[list[Ru
 
 
 TEST_ACCURACY_NOTE = (
-    "Test accuracy on the official test split, of each run's best-validation checkpoint: mean over seeds "
+    "Test accuracy: each run's last `test/acc` (`cli.py test --ckpt_path best`: its best-validation "
+    "checkpoint on the official test split), mean over seeds "
     "± the half-width of its 95 % Student-t interval (n - 1 degrees of freedom: with 2 seeds the t factor "
     "is 12.7, with 3 it is 4.3); one seed shows no interval. s/epoch and inference img/s: means over seeds, "
     "comparable only between runs on the same machine (below). The source's number is a test accuracy too."

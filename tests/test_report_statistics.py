@@ -14,6 +14,7 @@ from report_statistics import mcnemar_exact, paired_bootstrap, t_interval, t_qua
 def test_t_quantile_matches_the_closed_forms():
     # One degree of freedom is the Cauchy law: F(t) = 1/2 + atan(t) / pi.
     assert t_quantile(0.975, 1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-9)  # 12.7062
+    assert t_quantile(0.9995, 1) == pytest.approx(math.tan(0.4995 * math.pi), rel=1e-9)  # 636.6: far in the tail
     # Two: F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so t = a sqrt(2 / (1 - a^2)) with a = 2F - 1.
     assert t_quantile(0.975, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)), rel=1e-9)  # 4.3027
     assert t_quantile(0.9, 2) == pytest.approx(0.8 * math.sqrt(2 / (1 - 0.8**2)), rel=1e-9)
