@@ -15,10 +15,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import report
+from report_statistics import paired_bootstrap
 from datamodules import CIFAR10DataModule
 from tests.conftest import REPO
 
 THRESHOLDS = (0.01, 0.99)
+TEST_ACC = "test acc (%), mean ± 95 % interval"  # the README table's column
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false"]
 
@@ -113,9 +115,14 @@ def test_report_numbers_are_the_runs_own(logs, built):
     assert rows["cnn"]["test_acc"] == [None, None]
 
 
+def _every_column(report_md: Path) -> str:
+    """The wide table's section of ``report.md`` (the README's table, with other columns, comes first)."""
+    return report_md.read_text().split("## Every column")[1]
+
+
 def test_seeds_group_into_one_row_with_mean_and_spread(logs, built):
     path, summary = built
-    table = path.read_text()
+    table = _every_column(path)
     cnn = next(row for row in summary["rows"] if row["config"] == "cnn")
     assert cnn["seeds"] == [0, 1]
     accuracies = cnn["best_val_acc"]
@@ -133,7 +140,7 @@ def test_seeds_group_into_one_row_with_mean_and_spread(logs, built):
 def test_single_seed_and_unreached_accuracy(logs, built):
     _, fits, tested = logs
     path, summary = built
-    cells = _row(path.read_text(), "mlp")
+    cells = _row(_every_column(path), "mlp")
     version_dir = Path(fits[("mlp", 0)].trainer.log_dir)
     best = max(value for _, value in _logged(version_dir, "val/acc"))
     assert cells["best val/acc (%)"] == f"{100 * best:.2f}"  # one seed: no spread
@@ -147,7 +154,7 @@ def test_single_seed_and_unreached_accuracy(logs, built):
 
 def test_the_sources_numbers_stand_beside_ours(logs, built, tmp_path):
     path, summary = built
-    table = path.read_text()
+    table = _every_column(path)
     assert "SPEC: source's test acc (%)" in table
     assert _row(table, "cnn")["SPEC: source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
     assert _row(table, "mlp")["SPEC: source's test acc (%)"] == "50-55 @ 20 ep"
@@ -160,10 +167,11 @@ def test_the_sources_numbers_stand_beside_ours(logs, built, tmp_path):
                     ignore=shutil.ignore_patterns("*.ckpt"))
     record = json.loads((copy / "resnet18/version_0/run.json").read_text())
     (copy / "resnet18/version_0/run.json").write_text(json.dumps({**record, "config_name": "resnet18"}))
-    assert _row(report.results_markdown(copy), "resnet18")["SPEC: source's test acc (%)"] == "—"
+    assert _row(report.details_markdown(copy), "resnet18")["SPEC: source's test acc (%)"] == "—"
+    assert _row(report.results_markdown(copy), "resnet18")["source's test acc (%)"] == "—"
 
 
-def test_markdown_only_prints_the_table_and_writes_nothing(logs, tmp_path, capsys):
+def test_markdown_only_prints_the_tables_and_writes_nothing(logs, tmp_path, capsys):
     logdir, _, _ = logs
     copy = tmp_path / "logs"
     shutil.copytree(logdir, copy, ignore=shutil.ignore_patterns("report", "*.ckpt"))
@@ -171,8 +179,11 @@ def test_markdown_only_prints_the_table_and_writes_nothing(logs, tmp_path, capsy
     assert report.main([str(copy), "--markdown-only"]) is None
     printed = capsys.readouterr().out
     groups = report.group_runs(report.find_runs(copy, report.DEFAULT_THRESHOLDS)[0])
-    table = report.markdown_table(groups, report.DEFAULT_THRESHOLDS)
-    assert printed.startswith(table + "\n\nWhere they ran:\n\n- ")
+    readme = [report.results_table(groups), report.TEST_ACCURACY_NOTE, "Where they ran:", "- "]
+    assert printed.startswith("\n\n".join(readme))
+    assert report.main([str(copy), "--details-only"]) is None
+    printed = capsys.readouterr().out
+    assert report.markdown_table(groups, report.DEFAULT_THRESHOLDS) in printed
     assert [column for column in _row(printed, "cnn") if column.startswith("to ")] == [
         "to 50 % val/acc", "to 70 % val/acc", "to 80 % val/acc"]
     assert sorted(str(p) for p in copy.rglob("*")) == before
@@ -367,3 +378,150 @@ def test_a_run_moved_to_another_folder_is_reported_under_that_folder(logs, tmp_p
     assert json.loads((moved / "run.json").read_text())["config_name"] == "cnn"  # what the run was logged as
     assert report.read_run(moved, THRESHOLDS).config == "cnn_no_augmentation"
     assert "| cnn_no_augmentation |" in report.results_markdown(tmp_path / "logs", THRESHOLDS)
+
+
+# ---- test accuracy, intervals and paired comparisons, on runs written by hand -------------------------------------
+
+
+def _fake_run(logdir: Path, config: str, version: str, seed: int | None, *, test_acc: float | None,
+              right: list[bool] | None = None, files: list[str] | None = None, parameters: int = 1000,
+              epoch_seconds: tuple[float, ...] = (10.0, 12.0), inference: float = 500.0) -> Path:
+    """A finished run as RunRecorder, the loggers and ``predict`` leave it: run.json, events, predictions.csv.
+
+    ``right[i]``: whether the run's top-1 on image ``i`` was its true class; ``files`` names the images.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = logdir / config / version
+    folder.mkdir(parents=True)
+    record = {"config_name": config, "seed": seed, "model_class": "CNNClassifier", "parameters": parameters,
+              "finished_at": "2026-12-01T00:00:00+00:00", "hardware": {"cpu": "Test CPU", "device": "cpu",
+                                                                     "cpu_cores": 2}, "versions": {"python": "3.11"}}
+    (folder / "run.json").write_text(json.dumps(record))
+    writer = SummaryWriter(str(folder), filename_suffix=".fit")
+    for epoch, seconds in enumerate(epoch_seconds):
+        step = 10 * (epoch + 1)
+        for tag, value in (("train/loss_epoch", 1.0), ("epoch", epoch), ("val/acc", 0.5 + epoch / 100),
+                           ("time/epoch_seconds", seconds)):
+            writer.add_scalar(tag, value, global_step=step)
+    writer.add_scalar("perf/inference_images_per_second", inference, global_step=10 * len(epoch_seconds))
+    writer.close()
+    if test_acc is not None:  # `test` logs into the run's folder, in a file of its own, at step 0
+        writer = SummaryWriter(str(folder), filename_suffix=".test")
+        writer.add_scalar("test/acc", test_acc, global_step=0)
+        writer.close()
+    if right is not None:
+        files = files or [f"test/cat/{i:04d}.jpg" for i in range(len(right))]
+        lines = ["index,file,true,top1,top1_probability"]
+        lines += [f"{i},{file},cat,{'cat' if ok else 'dog'},0.9" for i, (file, ok) in enumerate(zip(files, right))]
+        (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _bits(pattern: str) -> list[bool]:
+    return [c == "1" for c in pattern]
+
+
+# Twelve test images. Seed 0: SE alone right on 5 images, the CNN alone on 1; seed 1: 3 and 3.
+SE = {0: "111111111100", 1: "111111100011"}
+CNN = {0: "111100000110", 1: "111111011100"}
+
+
+@pytest.fixture
+def attention_logs(tmp_path) -> Path:
+    """cnn_se_fast and cnn_fast, two seeds each with predictions, a third cnn_fast seed without; lenet once."""
+    logdir = tmp_path / "logs"
+    for seed in (0, 1):
+        _fake_run(logdir, "cnn_se_fast", f"seed{seed}", seed, test_acc=SE[seed].count("1") / 12, right=_bits(SE[seed]),
+                  parameters=1100, epoch_seconds=(13.0, 14.0), inference=400.0)
+        _fake_run(logdir, "cnn_fast", f"version_{seed}", seed, test_acc=CNN[seed].count("1") / 12,
+                  right=_bits(CNN[seed]), epoch_seconds=(10.0, 11.0 + seed))
+    _fake_run(logdir, "cnn_fast", "version_2", 2, test_acc=0.5, epoch_seconds=(10.0, 13.0))
+    _fake_run(logdir, "lenet", "version_0", 0, test_acc=0.6125)
+    return logdir
+
+
+def test_the_readme_table_gives_test_accuracy_with_a_t_interval(tmp_path):
+    logdir = tmp_path / "logs"
+    for seed, accuracy in enumerate((0.80, 0.82, 0.84)):
+        _fake_run(logdir, "cnn_fast", f"version_{seed}", seed, test_acc=accuracy, epoch_seconds=(10.0, 20.0 + seed))
+    _fake_run(logdir, "mlp", "version_0", 0, test_acc=0.5566)
+    _fake_run(logdir, "lenet", "version_0", 0, test_acc=0.62)
+    _fake_run(logdir, "lenet", "version_1", 1, test_acc=None)
+    printed = report.results_markdown(logdir)
+    cnn = _row(printed, "cnn_fast")
+    # Mean 82 %, sample std 2 points, t(2) = 4.3027: half-width 4.3027 * 2 / sqrt(3) = 4.97 points.
+    assert cnn[TEST_ACC] == "82.00 ± 4.97"
+    assert (cnn["seeds"], cnn["epochs"], cnn["parameters"]) == ("0, 1, 2", "2", "1,000")
+    assert cnn["s/epoch"] == "15.5"  # (15 + 15.5 + 16) / 3
+    assert cnn["source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
+    assert _row(printed, "mlp")[TEST_ACC] == "55.66"  # one seed: no interval
+    assert _row(printed, "lenet")[TEST_ACC] == "62.00 (1/2 tested)"
+    assert "Paired comparisons" not in printed  # no pair of an attention config and its base
+
+
+def test_paired_comparison_reads_the_runs_predictions(attention_logs):
+    printed = report.results_markdown(attention_logs, resamples=2000)
+    (table,) = [block for block in printed.split("\n\n") if block.startswith("| comparison |")]
+    row = _row(table, "cnn_se_fast − cnn_fast")
+    # SE: 10 and 9 right of 12; the CNN: 6 and 9 (its third seed has no predictions): +4/24 = +16.67 points.
+    first = np.array([_bits(SE[0]), _bits(SE[1])])
+    second = np.array([_bits(CNN[0]), _bits(CNN[1])])
+    expected = paired_bootstrap(first, second, resamples=2000, seed=0)
+    assert row["test acc difference (points) [95 % interval]"] == (
+        f"+16.67 [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]")
+    assert row["p"] == f"{expected.p_value:.2g}"
+    assert row["runs"] == "2 vs 2 on 12 images"
+    # Exact McNemar by hand: 5 vs 1 discordant images gives 2 * (1 + 6) / 64; 3 vs 3 gives 1 (capped).
+    assert row["McNemar per seed"] == "seed 0: 5 vs 1, p = 0.22; seed 1: 3 vs 3, p = 1"
+    assert row["parameters"] == "1,100 vs 1,000 (×1.100)"
+    assert row["s/epoch"] == "13.5 vs 11.0 (×1.227)"  # the CNN: 10.5, 11, 11.5 over its three seeds
+    assert row["inference img/s"] == "400 vs 500 (×0.800)"
+    assert "- cnn_fast/version_2: no predictions.csv" in printed
+    assert len(table.splitlines()) == 3  # one pair only: the others lack a config
+
+
+def test_compare_names_its_pairs_and_says_what_it_could_not_compare(attention_logs, capsys):
+    # lenet has no predictions; a cnn_fast run whose file scores other than its test/acc is named.
+    folder = _fake_run(attention_logs, "cnn_cbam_fast", "version_0", 0, test_acc=0.5, right=_bits("1" * 12),
+                       files=[f"mine/{i}.png" for i in range(12)])
+    assert report.main([str(attention_logs), "--markdown-only", "--resamples", "100", "--compare", "cnn_fast",
+                        "lenet", "--compare", "cnn_cbam_fast", "cnn_fast"]) is None
+    printed = capsys.readouterr().out
+    assert "- cnn_fast - lenet: not compared, one side has no predictions" in printed
+    assert "- cnn_cbam_fast - cnn_fast: not compared, their runs predicted different images" in printed
+    assert "- cnn_cbam_fast/version_0: its predictions.csv scores 100.00 %, its test/acc 50.00 %" in printed
+    assert "| cnn_se_fast − cnn_fast |" not in printed  # --compare replaces the default pairs
+    assert not (folder.parent.parent / report.REPORT_RUN).exists()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(attention_logs), "--markdown-only", "--compare", "cnn_fast", "resnet18"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "No runs of resnet18 to compare" in error and "HINT: configs with runs: cnn_cbam_fast, cnn_fast" in error
+
+
+def test_details_only_prints_docs_results_and_the_report_holds_both(attention_logs, capsys):
+    assert report.main([str(attention_logs), "--details-only"]) is None
+    details = capsys.readouterr().out
+    assert _row(details, "cnn_fast")["test/acc (%)"] == _cell_of_percentages(
+        [CNN[0].count("1") / 12, CNN[1].count("1") / 12, 0.5])
+    assert "## Where they ran" in details and "Paired comparisons" not in details
+    assert not (attention_logs / report.REPORT_RUN).exists()
+    path = report.write_report(attention_logs, resamples=500)
+    text = path.read_text()
+    readme, every_column = text.split("## Every column")
+    printed = report.results_markdown(attention_logs)
+    # Two seeds at 10/12 and 9/12: half-width t(1) * |83.33 - 75| / 2 = 12.706 * 4.17 points.
+    assert _row(readme, "cnn_se_fast")[TEST_ACC] == _row(printed, "cnn_se_fast")[TEST_ACC] == "79.17 ± 52.94"
+    assert _row(every_column, "lenet")["test/acc (%)"] == "61.25"
+    summary = json.loads((path.parent / "report.json").read_text())
+    (comparison,) = summary["comparisons"]
+    assert (comparison["first"], comparison["second"]) == ("cnn_se_fast", "cnn_fast")
+    assert comparison["seeds"] == [[0, 1], [0, 1]]  # cnn_fast's seed 2 has no predictions
+    assert comparison["mcnemar"] == [[0, 5, 1, 0.21875], [1, 3, 3, 1.0]]
+    assert comparison["bootstrap"]["difference"] == pytest.approx(4 / 24)
+
+
+def _cell_of_percentages(values: list[float]) -> str:
+    """The wide table's ``mean ± sample std`` cell, in percent."""
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
