@@ -42,13 +42,30 @@ def _assert_same_weights(actual: dict, expected: dict) -> None:
         assert torch.equal(value, expected[key]), key
 
 
-def _straight_run(run_cli, tiny_data, workers: int = 0):
-    return run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
-                   "--data.num_workers", workers, "--trainer.logger.init_args.name", f"straight{workers}")
+@pytest.fixture(scope="module")
+def straight_weights(tiny_data, tmp_path_factory):
+    """``get(workers)``: the weights of the uninterrupted 3-epoch fit (12 steps) that the resume tests match.
+
+    Trained once per loader-worker count and module, not once per test: four tests compare with it.
+    """
+    import cli
+
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+
+    def get(workers: int = 0) -> dict[str, torch.Tensor]:
+        if workers not in trained:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(tmp_path_factory.mktemp(f"straight{workers}"))
+                run = cli.main([str(a) for a in ("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES,
+                                                 "--trainer.max_epochs", 3, "--data.num_workers", workers)])
+            assert run.trainer.global_step == 12
+            trained[workers] = _weights(run.model)
+        return trained[workers]
+
+    return get
 
 
-def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path):
-    straight = _straight_run(run_cli, tiny_data)
+def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path, straight_weights):
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                           "--trainer.logger.init_args.name", "preempted",
                           "--trainer.callbacks+=tests.fault_helpers.SigtermAtStep",
@@ -60,13 +77,13 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
 
     resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                       "--trainer.logger.init_args.name", "preempted", "--ckpt_path", "last")
-    assert resumed.trainer.global_step == straight.trainer.global_step == 12
-    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
+    assert resumed.trainer.global_step == 12
+    _assert_same_weights(_weights(resumed.model), straight_weights(0))
 
 
 @pytest.mark.parametrize(("ctrl_c", "workers"), [(True, 0), (False, 2)], ids=["ctrl-c", "exception-2-workers"])
-def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers):
-    straight = _straight_run(run_cli, tiny_data, workers)
+def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers,
+                                                         straight_weights):
     # Ctrl-C: Lightning's graceful shutdown exits 1; a crash: the error itself, with its traceback.
     with pytest.raises(SystemExit if ctrl_c else RuntimeError) as raised:
         run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3, "--data.num_workers", workers,
@@ -79,7 +96,7 @@ def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp
     resumed = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                       "--data.num_workers", workers, "--ckpt_path", "last")
     assert resumed.trainer.global_step == 12
-    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
+    _assert_same_weights(_weights(resumed.model), straight_weights(workers))
 
 
 def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -142,13 +159,12 @@ def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli,
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers):
+def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers, straight_weights):
     common = [*tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--data.num_workers", workers]
-    straight = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "straight")
     run_cli("fit", *common, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed")
     resumed = run_cli("fit", *common, "--trainer.max_epochs", 3, "--trainer.logger.init_args.name", "resumed",
                       "--ckpt_path", "last")
-    _assert_same_weights(_weights(resumed.model), _weights(straight.model))
+    _assert_same_weights(_weights(resumed.model), straight_weights(workers))
 
 
 def test_a_nan_loss_on_one_ddp_rank_stops_every_rank_at_once_and_no_checkpoint_holds_nan(tiny_data, tmp_path):
