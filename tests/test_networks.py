@@ -184,3 +184,25 @@ def test_the_compile_option_leaves_module_compile_a_method():
     model = CNNClassifier(compile=True)
     assert model.compile_net and model.hparams.compile  # the config key stays `compile`
     assert model.compile.__func__ is nn.Module.compile
+
+
+def test_cbam_pools_by_max_index_with_the_gradients_of_amax():
+    # CBAM as the paper writes it, with amax; the module takes the max by index (a cheaper backward).
+    torch.manual_seed(0)
+    block = CBAM(16, rd_ratio=4)
+    x = torch.randn(3, 16, 6, 5).to(memory_format=torch.channels_last).requires_grad_(True)
+    reference_x = x.detach().clone().requires_grad_(True)
+
+    def reference(inputs: torch.Tensor) -> torch.Tensor:
+        channel = block.channel
+        logits = channel.mlp(inputs.mean(dim=(2, 3))) + channel.mlp(inputs.amax(dim=(2, 3)))
+        scaled = inputs * channel.gate(logits[:, :, None, None])
+        pooled = torch.cat([scaled.mean(dim=1, keepdim=True), scaled.amax(dim=1, keepdim=True)], dim=1)
+        return scaled * block.spatial.gate(block.spatial.conv(pooled))
+
+    weights = torch.randn(3, 16, 6, 5)
+    (block(x) * weights).sum().backward()
+    expected = reference(reference_x)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(block(x), expected)
+    torch.testing.assert_close(x.grad, reference_x.grad)
