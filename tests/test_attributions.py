@@ -6,13 +6,17 @@ import pytest
 import torch
 from torch import nn
 
+from user_input import UserInputError
 from visualization.attributions import (
+    CAM_METHODS,
+    INPUT_ATTRIBUTIONS,
     attribution_mode,
     capture_activations,
     deconvolution,
     gradcam,
     guided_backprop,
     guided_gradcam,
+    layer_cams,
     normalize_per_image,
     pointing_game,
     resolve_layers,
@@ -252,3 +256,32 @@ def test_a_compiled_network_gives_the_uncompiled_maps_and_activations(monkeypatc
     for got, expected in zip(with_compile, pictures(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert compiled is not None and no_hooks(classifier)
+
+
+def test_the_cam_skeleton_gives_captums_gradcam(model, x):
+    """Grad-CAM's weights on the skeleton's activations and gradients equal Captum's LayerGradCam, layer by layer."""
+    layers = resolve_layers(model, ["0", "4"])
+    targets = torch.tensor([0, 1, 2])
+    ours = layer_cams(model, x, targets, layers, "gradcam")
+    captums = gradcam(model, x, targets, layers)
+    assert list(ours) == ["0", "4"] and all(ours[name].abs().sum() > 0 for name in ours)
+    for name in layers:
+        torch.testing.assert_close(ours[name], captums[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_variants_leave_the_model_as_found_and_refuse_a_layer_without_a_feature_map(model, x, method):
+    model.train()
+    flags = [m.training for m in model.modules()]
+    with torch.inference_mode():
+        cams = layer_cams(model, x.clone(), None, resolve_layers(model, ["4"]), method)
+    assert cams["4"].shape == (3, 16, 16) and cams["4"].amax() == 1 and cams["4"].amin() == 0
+    # The gate's output is [N, C] channel weights, the classifier's [N, classes]: no map to weight.
+    for layer in ("6.gate", "10"):
+        wanted = rf"{method} needs a layer whose output is a feature map.*'{layer}'"
+        with pytest.raises(UserInputError, match=wanted) as info:
+            layer_cams(model, x, 0, resolve_layers(model, ["0", layer]), method)
+        hint = f"HINT: for this layer use a method on the input instead, one of {list(INPUT_ATTRIBUTIONS)}"
+        assert hint in str(info.value)
+    assert [m.training for m in model.modules()] == flags
+    assert all(p.grad is None and p.requires_grad for p in model.parameters()) and no_hooks(model)
