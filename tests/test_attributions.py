@@ -21,6 +21,7 @@ from visualization.attributions import (
     pointing_game,
     resolve_layers,
 )
+from visualization.pictures import METHODS, check_methods
 
 
 class Gate(nn.Module):
@@ -285,3 +286,15 @@ def test_cam_variants_leave_the_model_as_found_and_refuse_a_layer_without_a_feat
         assert hint in str(info.value)
     assert [m.training for m in model.modules()] == flags
     assert all(p.grad is None and p.requires_grad for p in model.parameters()) and no_hooks(model)
+
+
+def test_a_method_that_does_not_apply_is_refused_with_those_that_do():
+    with pytest.raises(UserInputError, match=r"Unknown methods \['gradcam\+\+'\]\.\nHINT: choose from \['guided_b"):
+        check_methods(["gradcam++"])
+    without_relu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    check_methods(["integrated_gradients", "layercam"], without_relu)  # these need no ReLU module
+    with pytest.raises(UserInputError) as info:
+        check_methods(["layercam", "guided_backprop", "deconvolution"], without_relu)
+    applies = [m for m in METHODS if m not in ("guided_backprop", "deconvolution", "guided_gradcam")]
+    assert str(info.value).startswith("Methods ['guided_backprop', 'deconvolution'] guide the gradient")
+    assert str(info.value).endswith(f"HINT: choose from those that apply to it: {applies}.")
