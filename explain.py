@@ -2,6 +2,7 @@
 
     python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
         [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8] [--faithfulness]
+        [--methods integrated_gradients layercam ...]
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
 plain values only, so a file someone sent you cannot run code when explained.
@@ -16,10 +17,16 @@ after a class get that class as their true label, loose files none. Images of
 another size are resized to the model's input size. ``--mistakes N`` adds
 ``mistakes.png``: the N labelled images the model got wrong most confidently,
 each with Grad-CAM of the last layer for the predicted and for the true class.
-``--faithfulness`` adds ``faithfulness.md`` and ``faithfulness.csv`` (how well
-each map's pixels explain the prediction: deletion, insertion and ROAD areas
-against a random and a centre map, and the model-randomisation check, with
-bootstrap intervals over the images) and ``faithfulness_curves.png``.
+``--faithfulness`` ranks the explanation methods for the checkpoint: it prints
+the leaderboard (one row per method and layer, each score with its 95 %
+bootstrap interval over the images and its rank; overlapping intervals share a
+rank; a method that fails the model-randomisation check is flagged and not
+ranked) and writes it with the full scores to ``faithfulness.md``,
+``faithfulness.csv`` and ``leaderboard.csv``, and the curves to
+``faithfulness_curves.png``. It scores every method of
+``visualization.pictures.METHODS`` unless ``--methods`` names some; that flag
+also adds methods to the pictures (which otherwise show the training-time
+defaults).
 
 The model class, the layers and the class names come from the run itself: the
 ``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the class
@@ -36,6 +43,7 @@ import importlib
 import pickle
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +56,23 @@ from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
 from user_input import UserInputError
 from visualization.attributions import attribution_mode, prepare_inputs
-from visualization.faithfulness import SANITY_LIMIT, faithfulness_scores, markdown_table, summary_rows
+from visualization.faithfulness import (
+    SANITY_LIMIT,
+    faithfulness_scores,
+    leaderboard_rows,
+    leaderboard_table,
+    markdown_table,
+    summary_rows,
+)
 from visualization.figures import faithfulness_curves_figure, figure_to_image
-from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
+from visualization.pictures import (
+    DEFAULT_METHODS,
+    METHODS,
+    check_methods,
+    most_confident_mistakes,
+    render_mistakes,
+    render_pictures,
+)
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
 PAGE_SIZE = 10
@@ -152,6 +174,7 @@ def explain(
     trust: bool = False,
     mistakes: int = 0,
     faithfulness: bool = False,
+    methods: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files.
 
@@ -159,10 +182,13 @@ def explain(
     ``mistakes`` > 0 also writes ``mistakes.png``: that many of the labelled
     images the model got wrong most confidently, with Grad-CAM of the last
     layer for the predicted and the true class (the ``mistakes/*`` picture of training).
-    ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv`` and
-    ``faithfulness_curves.png`` (see ``write_faithfulness``).
+    ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv``, ``leaderboard.csv`` and
+    ``faithfulness_curves.png`` (see ``write_faithfulness``). ``methods`` (names of
+    ``visualization.pictures.METHODS``) are drawn and scored; ``None``: the pictures show
+    the training-time defaults and every method is scored.
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
+    check_methods(methods or METHODS, model)  # an unknown or inapplicable method fails before anything is written
     layers = list(layers or configured_layers(run_config(ckpt)) or model.explainable_layers)
     if not layers:
         raise ExplainError(
@@ -193,7 +219,8 @@ def explain(
         chunk = slice(start, start + PAGE_SIZE)
         x = pixels[chunk].float().div(255)
         pictures = render_pictures(
-            model, x, labels[chunk], classes, layers, layer_root=model.net, feature_images=len(x)
+            model, x, labels[chunk], classes, layers, layer_root=model.net, methods=methods or DEFAULT_METHODS,
+            feature_images=len(x),
         )
         suffix = f"_{page}" if len(pages) > 1 else ""
         for tag, picture in pictures.items():
@@ -203,34 +230,47 @@ def explain(
     if mistakes > 0:
         written += write_mistakes(model, pixels, labels, classes, layers[-1], mistakes, out)
     if faithfulness:
-        written += write_faithfulness(model, pixels, layers, out)
+        written += write_faithfulness(model, pixels, layers, out, methods or METHODS)
     return written
 
 
-def write_faithfulness(model: ImageClassifier, pixels: torch.Tensor, layers: list[str], out: Path) -> list[Path]:
-    """``faithfulness.md``/``.csv`` (the scores of every map, 95 % bootstrap intervals) and ``faithfulness_curves.png``.
+def write_faithfulness(
+    model: ImageClassifier, pixels: torch.Tensor, layers: list[str], out: Path, methods: Sequence[str] = METHODS
+) -> list[Path]:
+    """Print the leaderboard; write it and every score to ``faithfulness.md``, ``faithfulness.csv``,
+    ``leaderboard.csv``, and the curves to ``faithfulness_curves.png``.
 
     The scores are those the ``FaithfulnessScores`` callback logs, over all the
     images at once and with finer curves (16 deletion/insertion steps, 8 ROAD steps).
     """
-    result = faithfulness_scores(model, pixels.float().div(255), layers, layer_root=model.net)
-    rows = summary_rows(result)
+    start = time.perf_counter()
+    result = faithfulness_scores(model, pixels.float().div(255), layers, layer_root=model.net, methods=methods)
+    maps = len(result.scores["deletion_auc"]) - 2  # less the random and centre baselines
+    print(f"Scored {maps} maps on {len(pixels)} images in {time.perf_counter() - start:.0f} s "
+          f"({torch.get_num_threads()} threads).", file=sys.stderr)
+    rows, ranked = summary_rows(result), leaderboard_rows(result)
+    leaderboard = leaderboard_table(ranked)
+    print(leaderboard)
     table = out / "faithfulness.md"
     table.write_text(
-        f"Faithfulness of the saliency maps over {len(pixels)} images, 95 % bootstrap intervals over images. "
-        "Deletion and ROAD: lower is better; insertion: higher. `*_vs_random`: the paired difference to the "
-        f"random map. `randomization_spearman`: rank correlation with the map after re-initialising "
-        f"{', '.join(result.randomized)}; `flagged`: at least {SANITY_LIMIT} (or constant), the map hardly "
-        "depends on the weights.\n\n" + markdown_table(rows)
+        f"Leaderboard of the explanation methods over {len(pixels)} images, 95 % bootstrap intervals over "
+        "images, rank in brackets (overlapping intervals share a rank). `road_combined` (ROAD least relevant "
+        "first minus most relevant first): higher is better; `road_auc` (most relevant first) and deletion: "
+        "lower; `road_lerf_auc` and insertion: higher. `randomization_spearman`: rank correlation with the "
+        f"map after re-initialising {', '.join(result.randomized)}; `flagged`: at least {SANITY_LIMIT} (or "
+        "constant), the map hardly depends on the weights, and it is not ranked.\n\n" + leaderboard
+        + "\nAll scores; `*_vs_random`: the paired difference to the random map.\n\n" + markdown_table(rows)
     )
-    csv_path = out / "faithfulness.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    written = [table]
+    for name, csv_rows in {"faithfulness.csv": rows, "leaderboard.csv": ranked}.items():
+        written.append(out / name)
+        with written[-1].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
+            writer.writeheader()
+            writer.writerows(csv_rows)
     figure = out / "faithfulness_curves.png"
     Image.fromarray(figure_to_image(faithfulness_curves_figure(result.curves))).save(figure)
-    return [table, csv_path, figure]
+    return [*written, figure]
 
 
 def write_mistakes(
@@ -275,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--faithfulness", action="store_true",
-        help="also score every map (deletion, insertion, ROAD, randomisation check): faithfulness.md/.csv/_curves.png",
+        help="also rank the methods on their scores (deletion, insertion, ROAD both orders, randomisation check): "
+        "prints the leaderboard, writes faithfulness.md/.csv, leaderboard.csv, faithfulness_curves.png",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", metavar="METHOD",
+        help=f"methods to draw and score beside Grad-CAM (default: all for --faithfulness; of {', '.join(METHODS)})",
     )
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
@@ -287,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = explain(
             args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint,
-            args.mistakes, args.faithfulness,
+            args.mistakes, args.faithfulness, args.methods,
         )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))

@@ -4,7 +4,9 @@ The pictures of ``InterpretabilityDumps`` show where each method looks; this
 callback scores whether the model really uses what they show (deletion,
 insertion and ROAD areas, and the model-randomisation check; see
 :mod:`visualization.faithfulness`), so users can follow the scores over the
-epochs beside the pictures. It only picks the images and publishes the numbers.
+epochs beside the pictures. At the end of fit the last scores also go to
+TensorBoard's text tab as the ranked table ``explain.py --faithfulness`` writes.
+It only picks the images and publishes the numbers.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing_extensions import override
 
 from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
 from callbacks.picture_log import image_writers, log_picture, scalar_loggers
-from visualization.faithfulness import faithfulness_scores
+from visualization.faithfulness import FaithfulnessResult, faithfulness_scores, leaderboard_rows, leaderboard_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
-from visualization.pictures import INPUT_METHODS
+from visualization.pictures import DEFAULT_METHODS
 
 __all__ = ["FaithfulnessScores"]
 
@@ -41,24 +43,31 @@ class FaithfulnessScores(ProbeSchedule):
 
     * ``faithfulness/deletion_auc/<method>``: lower is better;
     * ``faithfulness/insertion_auc/<method>``: higher is better;
-    * ``faithfulness/road_auc/<method>``: lower is better (removal with imputation);
+    * ``faithfulness/road_auc/<method>``: lower is better (removal with imputation,
+      most relevant first);
+    * ``faithfulness/road_lerf_auc/<method>``: the same, least relevant first: higher is better;
+    * ``faithfulness/road_combined/<method>``: LeRF minus MoRF area, higher is better;
     * ``faithfulness/randomization_spearman/<method>``: the map's rank correlation
       with itself after the top ``randomize_layers`` layers are re-initialised;
       high means the map hardly depends on the weights (NaN: the maps are constant).
 
-    Methods: ``gradcam_<layer>`` per layer, ``guided_backprop``,
-    ``deconvolution``, ``guided_gradcam``, ``attention_<block>`` for CBAM
-    spatial gates, and the baselines ``random`` and ``centre`` (no
-    randomisation score). Image tag ``faithfulness/curves``: the mean curves
-    side by side.
+    Methods: ``gradcam_<layer>`` per layer, the ``methods`` (CAM variants as
+    ``<method>_<layer>`` per layer), ``attention_<block>`` for CBAM spatial
+    gates, and the baselines ``random`` and ``centre`` (no randomisation
+    score). Image tag ``faithfulness/curves``: the mean curves side by side.
+    Text tag ``faithfulness/leaderboard`` (end of fit, TensorBoard only): the
+    methods ranked on the last scores (see
+    :func:`visualization.faithfulness.leaderboard_rows`).
 
     Args:
         layers: Grad-CAM layers, low to high, as names in the model's ``net``; ``None``: the
             network's ``explainable_layers``.
         every_n_epochs: Score every this many training epochs.
         images_per_class: Validation images per class.
-        methods: Input-resolution methods to score (a subset of
-            ``guided_backprop``, ``deconvolution``, ``guided_gradcam``).
+        methods: Methods to score beside Grad-CAM (``visualization.pictures.METHODS``); the
+            default three are cheap. The others multiply the scoring's cost (Score-CAM,
+            integrated gradients, occlusion: dozens of passes per image): opt in, or use
+            ``explain.py --faithfulness`` offline.
         attention: Score CBAM spatial gates when the model has them.
         steps: Deletion/insertion curve points after the first.
         road_steps: ROAD curve points after the first (0: no ROAD).
@@ -71,7 +80,7 @@ class FaithfulnessScores(ProbeSchedule):
         layers: Sequence[str] | None = None,
         every_n_epochs: int = 5,
         images_per_class: int = 1,
-        methods: Sequence[str] = INPUT_METHODS,
+        methods: Sequence[str] = DEFAULT_METHODS,
         attention: bool = True,
         steps: int = 8,
         road_steps: int = 4,
@@ -88,6 +97,7 @@ class FaithfulnessScores(ProbeSchedule):
         self.randomize_layers = randomize_layers
         self.seed = seed
         self.images: torch.Tensor | None = None
+        self.result: FaithfulnessResult | None = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -121,9 +131,19 @@ class FaithfulnessScores(ProbeSchedule):
             randomize_layers=self.randomize_layers,
             seed=self.seed,
         )
+        self.result = result
         for logger in scalar_loggers(trainer):
             logger.log_metrics(result.means(), step=trainer.global_step)
         if image_writers(trainer):
             figure = faithfulness_curves_figure(result.curves)
             log_picture(trainer, "faithfulness/curves", figure_to_image(figure), trainer.global_step, None)
         self.last_step = trainer.global_step
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)  # scores the final model unless just scored
+        if self.result is None or len(self.images) < 2:  # not rank zero, no logger, or no interval to give
+            return
+        table = leaderboard_table(leaderboard_rows(self.result, seed=self.seed))
+        for writer in image_writers(trainer):
+            writer.add_text("faithfulness/leaderboard", table, global_step=trainer.global_step)

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
-from visualization.pictures import INPUT_METHODS, render_pictures
+from visualization.pictures import DEFAULT_METHODS, render_pictures
 
 __all__ = ["InterpretabilityDumps"]
 
@@ -67,8 +67,11 @@ class InterpretabilityDumps(ProbeSchedule):
             ``explainable_layers``.
         every_n_epochs: Draw every this many training epochs.
         probes_per_class: Probe images per class.
-        methods: Input-resolution methods beside Grad-CAM, a subset of
-            ``guided_backprop``, ``deconvolution``, ``guided_gradcam``.
+        methods: Methods drawn beside Grad-CAM (``visualization.pictures.METHODS``): by default
+            ``guided_backprop``, ``deconvolution``, ``guided_gradcam``; also ``integrated_gradients``,
+            ``smoothgrad``, ``occlusion`` (a column each) and the CAM variants ``gradcam_pp``,
+            ``xgradcam``, ``hirescam``, ``layercam``, ``scorecam`` (a column per layer). The
+            added ones cost 16 to 128 passes an image where the defaults cost one each: opt in.
         feature_top_k: Channels per layer in the feature-map pictures.
         feature_images: Probes shown in each layer's feature-map picture (a row each).
         attention: Draw SE/CBAM gates when the model has them.
@@ -80,7 +83,7 @@ class InterpretabilityDumps(ProbeSchedule):
         layers: Sequence[str] | None = None,
         every_n_epochs: int = 1,
         probes_per_class: int = 1,
-        methods: Sequence[str] = INPUT_METHODS,
+        methods: Sequence[str] = DEFAULT_METHODS,
         feature_top_k: int = 8,
         feature_images: int = 1,
         attention: bool = True,

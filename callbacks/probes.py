@@ -18,7 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 from visualization.attributions import resolve_layers
-from visualization.pictures import INPUT_METHODS, check_input_methods
+from visualization.pictures import DEFAULT_METHODS, check_methods
 
 __all__ = ["ProbeSchedule", "explained_layers", "layer_root", "probe_dataset", "select_probes"]
 
@@ -84,18 +84,18 @@ class ProbeSchedule(L.Callback):
         layers: Dotted layer names in the model's ``net``, low to high; ``None``:
             the ones the network names (its ``explainable_layers``), set at ``setup``.
         every_n_epochs: Run every this many training epochs.
-        methods: Input-resolution methods beside Grad-CAM, a subset of :data:`INPUT_METHODS`.
+        methods: Methods beside Grad-CAM, names of :data:`visualization.pictures.METHODS`.
     """
 
     def __init__(
-        self, layers: Sequence[str] | None = None, every_n_epochs: int = 1, methods: Sequence[str] = INPUT_METHODS
+        self, layers: Sequence[str] | None = None, every_n_epochs: int = 1, methods: Sequence[str] = DEFAULT_METHODS
     ) -> None:
         if layers is not None and (isinstance(layers, str) or not layers):
             raise ValueError(
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
         self.require_at_least(1, every_n_epochs=every_n_epochs)
-        check_input_methods(methods)
+        check_methods(methods)
         self.given_layers = None if layers is None else list(layers)
         self.layers: list[str] = list(self.given_layers or [])
         self.every_n_epochs = every_n_epochs

@@ -6,17 +6,22 @@ import pytest
 import torch
 from torch import nn
 
+from user_input import UserInputError
 from visualization.attributions import (
+    CAM_METHODS,
+    INPUT_ATTRIBUTIONS,
     attribution_mode,
     capture_activations,
     deconvolution,
     gradcam,
     guided_backprop,
     guided_gradcam,
+    layer_cams,
     normalize_per_image,
     pointing_game,
     resolve_layers,
 )
+from visualization.pictures import METHODS, check_methods
 
 
 class Gate(nn.Module):
@@ -252,3 +257,44 @@ def test_a_compiled_network_gives_the_uncompiled_maps_and_activations(monkeypatc
     for got, expected in zip(with_compile, pictures(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert compiled is not None and no_hooks(classifier)
+
+
+def test_the_cam_skeleton_gives_captums_gradcam(model, x):
+    """Grad-CAM's weights on the skeleton's activations and gradients equal Captum's LayerGradCam, layer by layer."""
+    layers = resolve_layers(model, ["0", "4"])
+    targets = torch.tensor([0, 1, 2])
+    ours = layer_cams(model, x, targets, layers, "gradcam")
+    captums = gradcam(model, x, targets, layers)
+    assert list(ours) == ["0", "4"] and all(ours[name].abs().sum() > 0 for name in ours)
+    for name in layers:
+        torch.testing.assert_close(ours[name], captums[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_cam_variants_leave_the_model_as_found_and_refuse_a_layer_without_a_feature_map(model, x, method):
+    model.train()
+    flags = [m.training for m in model.modules()]
+    with torch.inference_mode():
+        cams = layer_cams(model, x.clone(), None, resolve_layers(model, ["4"]), method)
+    assert cams["4"].shape == (3, 16, 16) and cams["4"].amax() == 1 and cams["4"].amin() == 0
+    # The gate's output is [N, C] channel weights, the classifier's [N, classes]: no map to weight.
+    for layer in ("6.gate", "10"):
+        wanted = rf"{method} needs a layer whose output is a feature map.*'{layer}'"
+        with pytest.raises(UserInputError, match=wanted) as info:
+            layer_cams(model, x, 0, resolve_layers(model, ["0", layer]), method)
+        hint = f"HINT: for this layer use a method on the input instead, one of {list(INPUT_ATTRIBUTIONS)}"
+        assert hint in str(info.value)
+    assert [m.training for m in model.modules()] == flags
+    assert all(p.grad is None and p.requires_grad for p in model.parameters()) and no_hooks(model)
+
+
+def test_a_method_that_does_not_apply_is_refused_with_those_that_do():
+    with pytest.raises(UserInputError, match=r"Unknown methods \['gradcam\+\+'\]\.\nHINT: choose from \['guided_b"):
+        check_methods(["gradcam++"])
+    without_relu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    check_methods(["integrated_gradients", "layercam"], without_relu)  # these need no ReLU module
+    with pytest.raises(UserInputError) as info:
+        check_methods(["layercam", "guided_backprop", "deconvolution"], without_relu)
+    applies = [m for m in METHODS if m not in ("guided_backprop", "deconvolution", "guided_gradcam")]
+    assert str(info.value).startswith("Methods ['guided_backprop', 'deconvolution'] guide the gradient")
+    assert str(info.value).endswith(f"HINT: choose from those that apply to it: {applies}.")

@@ -20,18 +20,25 @@ from callbacks import FaithfulnessScores
 from lightning_modules.cnn import CNN, CNNClassifier
 from tests.pictures_helpers import tensorboard_images, tiny_datamodule, tiny_trainer
 from user_input import UserInputError
+from visualization.attributions import integrated_gradients, layer_cams, normalize_per_image, occlusion, smoothgrad
 from visualization.faithfulness import (
     METRICS,
+    FaithfulnessResult,
     auc,
     bootstrap_interval,
     centre_map,
     deletion_insertion_curve,
     faithfulness_scores,
+    leaderboard_rows,
+    leaderboard_table,
     linear_impute,
     random_map,
     randomized_top_layers,
     rank_correlation,
+    road_curve,
+    shared_ranks,
 )
+from visualization.pictures import CAM_METHODS, METHODS
 
 SIZE = 32
 PATCH = (slice(0, 8), slice(0, 8))  # the top-left 8x8 pixels: 1/16 of the image
@@ -119,29 +126,76 @@ def test_a_map_on_the_patch_scores_what_a_hand_count_gives_and_beats_the_baselin
     assert (areas["insert"]["elsewhere"] < areas["insert"]["random"]).all(), areas
 
 
-def test_gradient_maps_of_the_patch_model_point_at_the_patch_end_to_end():
+def test_every_method_on_the_patch_model_points_at_the_patch_end_to_end():
     model, images = ReadsOnePatch(), patch_images()
-    result = faithfulness_scores(model, images, ["conv"], randomize_layers=0)
-    for method in ("guided_backprop", "deconvolution"):
+    result = faithfulness_scores(model, images, ["conv"], methods=METHODS, steps=8, road_steps=4, randomize_layers=0)
+    maps = [name for name in result.scores["deletion_auc"] if name not in ("random", "centre")]
+    assert maps == ["gradcam_conv", *(f"{m}_conv" for m in CAM_METHODS), "guided_backprop", "deconvolution",
+                    "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion"]
+    for method in maps:
         for baseline in ("random", "centre"):
-            assert (result.scores["deletion_auc"][method] < result.scores["deletion_auc"][baseline]).all()
-            assert (result.scores["insertion_auc"][method] > result.scores["insertion_auc"][baseline]).all()
-            assert (result.scores["road_auc"][method] < result.scores["road_auc"][baseline]).all()
+            assert (result.scores["deletion_auc"][method] < result.scores["deletion_auc"][baseline]).all(), method
+            assert (result.scores["insertion_auc"][method] > result.scores["insertion_auc"][baseline]).all(), method
+            assert (result.scores["road_auc"][method] < result.scores["road_auc"][baseline]).all(), method
+            assert (result.scores["road_combined"][method] > result.scores["road_combined"][baseline]).all(), method
+
+
+def test_the_new_maps_of_the_patch_model_match_hand_counts():
+    """Class 0's logit is GAIN * (mean of the patch's 3 x 64 values - 0.5): gradient GAIN / 192 on the patch, 0 off it."""
+    model, images = ReadsOnePatch(), patch_images()
+    n, slope = len(images), GAIN / 192
+    on_patch = torch.zeros(n, 3, SIZE, SIZE)
+    on_patch[:, :, PATCH[0], PATCH[1]] = slope
+    # The logit is linear in the image: integrated gradients from black are the image times the gradient.
+    torch.testing.assert_close(integrated_gradients(model, images, 0), images * on_patch)
+    # Noise of 0.15 never takes the 0.9 patch below the ReLU's 0: every noisy gradient is the same.
+    torch.testing.assert_close(smoothgrad(model, images, 0), on_patch)
+    # Occlusion, 8-pixel squares every 4: hiding the square at (0, 0) removes the whole patch (a drop of
+    # GAIN * 0.9); pixel (4, 4) lies in 4 squares that hide 64, 32, 32 and 16 of its pixels.
+    hidden = occlusion(model, images, 0)
+    torch.testing.assert_close(hidden[:, :, 0, 0], torch.full((n, 3), GAIN * 0.9))
+    torch.testing.assert_close(hidden[:, :, 4, 4], torch.full((n, 3), GAIN * 0.9 * (64 + 32 + 32 + 16) / 64 / 4))
+    assert (hidden[:, :, 12:, :] == 0).all() and (hidden[:, :, :, 12:] == 0).all()  # no square there touches the patch
+    cams = {method: layer_cams(model, images, 0, {"conv": model.conv}, method)["conv"] for method in CAM_METHODS}
+    for method, cam in cams.items():  # the patch is the brightest place of each channel: every variant peaks on all of it
+        assert (cam[:, PATCH[0], PATCH[1]] == 1).all(), method
+    # HiResCAM and LayerCAM weight each location by its own gradient: nothing off the patch.
+    torch.testing.assert_close(cams["hirescam"], patch_map(n))
+    torch.testing.assert_close(cams["layercam"], patch_map(n))
+    # Score-CAM: every channel's mask keeps the patch whole, so all channels get the same weight: the
+    # map is the summed activation, here the image's brightness.
+    torch.testing.assert_close(cams["scorecam"], normalize_per_image(images.sum(dim=1)))
+
+
+def test_road_least_relevant_first_keeps_the_patch_to_the_last_step():
+    model, images = ReadsOnePatch(), patch_images()
+    n, sigmoid = len(images), lambda v: 1 / (1 + math.exp(-v))
+    on, off = sigmoid(GAIN * (0.9 - 0.5)), sigmoid(GAIN * (0.0 - 0.5))
+    # 16 steps of 64 pixels: the 960 pixels off the patch go first, the patch with the last step (then all is fill 0).
+    lerf = road_curve(model, images, patch_map(n), steps=16, fill=0.0, noise=0.0, order="lerf")
+    torch.testing.assert_close(lerf, torch.tensor([on] * 16 + [off]).expand(n, -1), rtol=0, atol=1e-6)
+    morf = road_curve(model, images, patch_map(n), steps=16, fill=0.0, noise=0.0, order="morf")
+    assert (morf[:, 1:] < on - 0.1).all()  # the patch is gone (imputed from darker neighbours) from the first step
+    with pytest.raises(ValueError, match="order='random'"):
+        road_curve(model, images, patch_map(n), order="random")
 
 
 def test_a_model_that_ignores_the_input_scores_as_unfaithful():
     model, images = IgnoresTheInput(), patch_images()
     probability = model(images).softmax(dim=1).max(dim=1).values
-    result = faithfulness_scores(model, images, ["conv"], steps=4, road_steps=4)
+    result = faithfulness_scores(model, images, ["conv"], methods=METHODS, steps=4, road_steps=4)
     # Every curve of every map, baselines included, is flat at the clean probability: no map explains anything.
-    for metric in ("deletion_auc", "insertion_auc", "road_auc"):
+    for metric in ("deletion_auc", "insertion_auc", "road_auc", "road_lerf_auc"):
         for method, values in result.scores[metric].items():
             torch.testing.assert_close(values, probability, msg=f"{metric}/{method}")
-    # The model's maps are constant (zero gradients), so the randomisation check has nothing to rank.
+    assert all((values == 0).all() for values in result.scores["road_combined"].values())
+    # The model's maps are constant (zero gradients; Score-CAM: no mask changes the probability), so the
+    # randomisation check has nothing to rank, and no method gets a rank.
     spearman = result.scores["randomization_spearman"]
-    assert set(spearman) == {"gradcam_conv", "guided_backprop", "deconvolution", "guided_gradcam"}
+    assert set(spearman) == {"gradcam_conv", *(f"{m}_conv" for m in CAM_METHODS), *METHODS[:6]}
     assert all(values.isnan().all() for values in spearman.values())
     assert sorted(result.flagged()) == sorted(spearman)
+    assert all(row["rank"] is None for row in leaderboard_rows(result))
 
 
 def test_road_imputation_continues_a_linear_ramp_into_a_hole():
@@ -177,6 +231,42 @@ def test_bootstrap_interval_of_a_hand_counted_case():
     assert bootstrap_interval(torch.tensor([0.0, 1.0]), confidence=0.4) == (0.5, 0.5)
     with pytest.raises(ValueError, match="at least 2"):
         bootstrap_interval(torch.tensor([1.0, math.nan]))
+
+
+def test_overlapping_intervals_share_a_rank_and_separated_ones_do_not():
+    # Higher is better. a and b overlap; c overlaps b only (a chain: still b's group); d stands apart; e ties d.
+    intervals = {"a": (0.9, 0.85, 0.95), "b": (0.8, 0.7, 0.86), "c": (0.65, 0.6, 0.71), "d": (0.3, 0.2, 0.4),
+                 "e": (0.3, 0.3, 0.3)}
+    assert shared_ranks(list(intervals.values()), higher_is_better=True) == [1, 1, 1, 4, 4]
+    # Lower is better: the order turns, and a missing interval (NaN) is the mean alone.
+    lower_is_better = [(0.2, 0.1, 0.3), (0.5, math.nan, math.nan), (0.45, 0.4, 0.6)]
+    assert shared_ranks(lower_is_better, higher_is_better=False) == [1, 2, 2]
+
+
+def test_the_leaderboard_ranks_on_intervals_and_never_ranks_a_method_that_fails_randomisation():
+    def scores(*means: float) -> torch.Tensor:  # 8 images spread by +-0.01 around the mean
+        return torch.tensor(means).repeat_interleave(8) + torch.linspace(-0.01, 0.01, 8).repeat(len(means))
+
+    combined = {"edges": scores(0.9), "gradcam_conv3": scores(0.5), "layercam_conv3": scores(0.505),
+                "occlusion": scores(0.2), "random": scores(0.0), "centre": scores(0.1)}
+    result = FaithfulnessResult(scores={
+        "road_combined": combined,
+        "deletion_auc": {name: 1 - values for name, values in combined.items()},
+        "randomization_spearman": {"edges": scores(0.9), "gradcam_conv3": scores(0.1), "layercam_conv3": scores(0.2),
+                                   "occlusion": scores(0.0)},
+    })
+    rows = leaderboard_rows(result)
+    assert [(r["method"], r["layer"], r["rank"], r["flagged"]) for r in rows] == [
+        ("layercam", "conv3", 1, False), ("gradcam", "conv3", 1, False), ("occlusion", "", 3, False),
+        ("edges", "", None, True), ("centre", "", None, False), ("random", "", None, False),
+    ]  # edges has the best scores, but its map survives randomisation (0.9 >= 0.5): flagged, no rank
+    assert [r["deletion_auc_rank"] for r in rows[:3]] == [1, 1, 3]
+    assert rows[1]["road_combined"] == pytest.approx(0.5) and 0.49 < rows[1]["road_combined_low"] < 0.5
+    table = leaderboard_table(rows)
+    assert table.splitlines()[0] == (
+        "| rank | method | layer | road_combined | deletion_auc | randomization_spearman | flagged |")
+    assert "| 3 | occlusion | - | 0.200 [" in table and "| - | edges | - | 0.900 [" in table
+    assert "| baseline | centre | - | 0.100 [" in table
 
 
 def test_randomizing_the_top_layer_changes_only_it_and_restores_it():
@@ -253,7 +343,7 @@ def test_scores_reach_tensorboard_each_epoch_and_match_a_recomputation(scored):
     scalars = _scalars(Path(trainer.log_dir))
     methods = ["gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam"]
     expected = {f"faithfulness/{metric}/{method}" for metric in METRICS for method in methods}
-    expected |= {f"faithfulness/{metric}/{baseline}" for metric in METRICS[:3] for baseline in ("random", "centre")}
+    expected |= {f"faithfulness/{metric}/{baseline}" for metric in METRICS[:-1] for baseline in ("random", "centre")}
     assert {tag for tag in scalars if tag.startswith("faithfulness/")} == expected
     assert all([step for step, _ in scalars[tag]] == [4, 8] for tag in expected)
     assert [step for step, _ in tensorboard_images(Path(trainer.log_dir))["faithfulness/curves"]] == [4, 8]
@@ -266,9 +356,15 @@ def test_scores_reach_tensorboard_each_epoch_and_match_a_recomputation(scored):
     # The last logged values are the scores of the final model on those images.
     again = faithfulness_scores(
         model, callback.images.float().div(255), ["conv1", "conv3"], layer_root=model.net, steps=8, road_steps=4
-    ).means()
+    )
     for tag in expected:
-        assert scalars[tag][-1][1] == pytest.approx(again[tag], abs=1e-5, nan_ok=True), tag
+        assert scalars[tag][-1][1] == pytest.approx(again.means()[tag], abs=1e-5, nan_ok=True), tag
+    # At the end of fit, the leaderboard of those scores in the text tab, once.
+    accumulator = EventAccumulator(trainer.log_dir, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    (event,) = accumulator.Tensors("faithfulness/leaderboard/text_summary")
+    assert event.step == 8
+    assert event.tensor_proto.string_val[0].decode() == leaderboard_table(leaderboard_rows(again))
 
 
 def test_scoring_leaves_training_untouched(scored):
@@ -288,20 +384,31 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
         Image.fromarray(pixels).save(images / name / f"{i}.png")
     out = tmp_path / "out"
     written = explain.explain(
-        ckpt, out, images, ["conv1", "conv3"], "lightning_modules.CNNClassifier", faithfulness=True
+        ckpt, out, images, ["conv1", "conv3"], "lightning_modules.CNNClassifier", faithfulness=True,
+        methods=["layercam"],
     )
-    assert {out / "faithfulness.md", out / "faithfulness.csv", out / "faithfulness_curves.png"} <= set(written)
+    assert {out / "faithfulness.md", out / "faithfulness.csv", out / "leaderboard.csv",
+            out / "faithfulness_curves.png"} <= set(written)
     with (out / "faithfulness.csv").open() as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert list(rows) == [
-        "gradcam_conv1", "gradcam_conv3", "guided_backprop", "deconvolution", "guided_gradcam", "random", "centre"
+        "gradcam_conv1", "gradcam_conv3", "layercam_conv1", "layercam_conv3", "random", "centre"
     ]
+    with (out / "leaderboard.csv").open() as handle:
+        ranked = [(row["method"], row["layer"]) for row in csv.DictReader(handle)]
+    assert sorted(ranked) == sorted([("gradcam", "conv1"), ("gradcam", "conv3"), ("layercam", "conv1"),
+                                     ("layercam", "conv3"), ("random", ""), ("centre", "")])
+    printed = capsys.readouterr().out
+    assert printed.startswith("| rank | method | layer | road_combined |")
+    assert printed.strip() in (out / "faithfulness.md").read_text()
     # The table holds the scores of these images: the library's, computed here on the files read with PIL
     # (in explain's sorted order), and their bootstrap interval.
     model = CNNClassifier.load_from_checkpoint(ckpt, weights_only=True).eval()
     files = sorted(images.rglob("*.png"))
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
-    result = faithfulness_scores(model, pixels.float().div(255), ["conv1", "conv3"], layer_root=model.net)
+    result = faithfulness_scores(
+        model, pixels.float().div(255), ["conv1", "conv3"], layer_root=model.net, methods=["layercam"]
+    )
     for metric in ("deletion_auc", "insertion_auc"):
         values = result.scores[metric]["gradcam_conv3"]
         low, high = bootstrap_interval(values)
@@ -320,6 +427,14 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
     assert exit_info.value.code == 2
     assert "--faithfulness needs at least 2 images" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists()  # a failed start writes nothing
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main([
+            "--ckpt", str(ckpt), "--images", str(images), "--out", str(tmp_path / "out2"), "--layers", "conv3",
+            "--model-class", "lightning_modules.CNNClassifier", "--faithfulness", "--methods", "scorecam", "gradcam++",
+        ])
+    assert exit_info.value.code == 2
+    assert "Unknown methods ['gradcam++']" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_the_benchmark_takes_every_class_from_a_split_stored_by_class(tiny_data):

@@ -19,7 +19,8 @@ from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO
 from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
-from visualization.attributions import gradcam, resolve_layers
+from visualization.attributions import gradcam, integrated_gradients, layer_cams, resolve_layers
+from visualization.grids import gradcam_grid
 from visualization.pictures import attention_gates, picture_tags, render_pictures
 
 LAYERS = ["conv1", "conv2", "conv3"]
@@ -250,6 +251,23 @@ def test_zero_gradients_give_blank_finite_pictures():
     for name in LAYERS:
         (overlays,) = grid_cells(pictures[f"gradcam/{name}"], *GRIDS[f"gradcam/{name}"])
         assert all(np.array_equal(overlay, row[0]) for overlay, row in zip(overlays, rows))
+
+
+def test_a_config_adds_cam_variants_per_layer_and_input_methods_as_columns():
+    torch.manual_seed(0)
+    model = CNNSEClassifier(num_classes=3).eval()
+    images, labels = torch.rand(2, 3, 32, 32), [0, 2]
+    pictures = render_pictures(model, images, labels, ["a", "b", "c"], LAYERS, layer_root=model.net,
+                               methods=["integrated_gradients", "layercam"])
+    preds = model(images).argmax(dim=1)
+    named = resolve_layers(model.net, LAYERS)
+    cams = {**gradcam(model, images, preds, named),
+            **{f"layercam {name}": cam for name, cam in layer_cams(model, images, preds, named, "layercam").items()}}
+    expected = gradcam_grid(images, cams, torch.tensor(labels), preds, ["a", "b", "c"],
+                            {"integrated gradients": integrated_gradients(model, images, preds)})
+    assert len(grid_cells(pictures["gradcam/all_layers"], 2, 1 + 2 * len(LAYERS) + 1)[0]) == 8
+    assert np.array_equal(pictures["gradcam/all_layers"], expected)
+    assert list(pictures) == TAGS  # the other pictures are as before
 
 
 def test_cbam_models_get_their_spatial_gates_drawn():

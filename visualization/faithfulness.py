@@ -1,9 +1,10 @@
 """Explanations with a score: does a saliency map point at what the model really uses?
 
-Three checks, tensors in, numbers out, for every map the pictures show
-(Grad-CAM per layer, guided backpropagation, deconvolution, guided Grad-CAM,
-and CBAM spatial gates where a model has them) and for two maps that know
-nothing about the model, a random map and a centre prior:
+Three checks, tensors in, numbers out, for every map the pictures can show
+(Grad-CAM and its variants per layer, the attributions on the input pixels of
+:data:`visualization.pictures.INPUT_METHODS`, and CBAM spatial gates where a
+model has them) and for two maps that know nothing about the model, a random
+map and a centre prior:
 
 * Deletion and insertion (Petsiuk et al., RISE, https://arxiv.org/abs/1806.07421).
   Pixels are removed (replaced by ``fill``, the dataset mean) or revealed (on a
@@ -14,12 +15,21 @@ nothing about the model, a random map and a centre prior:
 * ROAD (Rong et al., https://arxiv.org/abs/2202.00449): deletion where a removed
   pixel is not set to a constant but imputed from its neighbours (noisy linear
   imputation), so the removal pattern itself leaks less of where the pixels
-  were. Most-relevant-first order; lower area is better.
+  were. Most relevant first (MoRF, lower area is better) and least relevant
+  first (LeRF: the map's least salient pixels go first, so a faithful map keeps
+  the prediction long; higher is better). As the paper recommends, the two are
+  combined into one score, the LeRF area minus the MoRF area (``road_combined``,
+  higher is better): a removal pattern that hurts the model whatever was
+  removed lowers both areas and cancels out.
 * Model randomisation (Adebayo et al., https://arxiv.org/abs/1810.03292): the
   top layers of the network are re-initialised and each map recomputed; its
   Spearman rank correlation with the trained model's map says how much the map
   depends on what the model learned. A high correlation flags a method that
   does not explain the model; a constant map gives no correlation at all (NaN).
+
+:func:`leaderboard_rows` ranks the methods on these scores with their bootstrap
+intervals: methods whose intervals overlap share a rank, and a method that fails
+the randomisation check is never ranked.
 
 Libraries: Captum's ``captum.metrics`` only has infidelity and sensitivity, and
 Quantus (which has all three) would pull in a second deep-learning stack, so
@@ -52,7 +62,14 @@ from visualization.attributions import (
     resolve_layers,
 )
 from visualization import tables
-from visualization.pictures import INPUT_METHODS, attention_gates, check_input_methods, input_attributions
+from visualization.pictures import (
+    CAM_METHODS,
+    DEFAULT_METHODS,
+    attention_gates,
+    cam_maps,
+    check_methods,
+    input_attributions,
+)
 
 __all__ = [
     "BASELINES",
@@ -65,19 +82,26 @@ __all__ = [
     "centre_map",
     "deletion_insertion_curve",
     "faithfulness_scores",
+    "leaderboard_rows",
+    "leaderboard_table",
     "linear_impute",
     "markdown_table",
+    "method_and_layer",
     "random_map",
     "randomized_top_layers",
     "rank_correlation",
     "road_curve",
     "saliency_maps",
+    "shared_ranks",
     "summary_rows",
 ]
 
-# The curves and the per-image scores (area under each curve; Spearman after randomisation).
-CURVES = ("deletion", "insertion", "road")
-METRICS = ("deletion_auc", "insertion_auc", "road_auc", "randomization_spearman")
+# The curves and the per-image scores (area under each curve; ROAD's LeRF minus MoRF area; Spearman
+# after randomisation). ``road`` is ROAD most relevant first (its tags predate the LeRF order).
+CURVES = ("deletion", "insertion", "road", "road_lerf")
+METRICS = ("deletion_auc", "insertion_auc", "road_auc", "road_lerf_auc", "road_combined", "randomization_spearman")
+# Which way each score is better (+1: higher), for ranking; the leaderboard is sorted by the first.
+RANKED = {"road_combined": 1, "road_auc": -1, "road_lerf_auc": 1, "deletion_auc": -1, "insertion_auc": 1}
 # Maps that know nothing about the model: a map must beat them to count as an explanation.
 BASELINES = ("random", "centre")
 # A method whose map keeps a mean rank correlation of at least this with the trained
@@ -286,23 +310,29 @@ def road_curve(
     fill: Tensor | float | None = None,
     noise: float = 0.01,
     seed: int = 0,
+    order: str = "morf",
 ) -> Tensor:
-    """ROAD, most relevant first: like deletion, but removed pixels are imputed by :func:`linear_impute`.
+    """ROAD: like deletion, but removed pixels are imputed by :func:`linear_impute`.
 
     Args:
         model, images, maps, targets, fill: As in :func:`deletion_insertion_curve`.
         steps: Curve points after the first; point ``k`` has ``k / steps`` removed.
         noise: Imputation noise (see :func:`linear_impute`).
         seed: Seeds the noise and the order of equal pixels, so a score is the same on every call.
+        order: ``"morf"``: most relevant pixels removed first (a faithful map's
+            curve falls fast); ``"lerf"``: least relevant first (it stays high).
 
     Returns:
         ``[N, steps + 1]`` probabilities of the target class, on the CPU.
     """
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order={order!r} must be 'morf' (most relevant first) or 'lerf' (least relevant first).")
     fractions = torch.linspace(0, 1, steps + 1)
     with attribution_mode(model), torch.no_grad():
         x = prepare_inputs(images, model)
         target = _targets(model, x, targets)
-        masks = removal_masks(maps, fractions, seed).to(x.device)  # [N, S, H, W]
+        ranked = maps if order == "morf" else -maps.detach().float()
+        masks = removal_masks(ranked, fractions, seed).to(x.device)  # [N, S, H, W]
         n, s = masks.shape[:2]
         repeated = x[:, None].expand(-1, s, -1, -1, -1).reshape(n * s, *x.shape[1:])
         generator = torch.Generator().manual_seed(seed)
@@ -434,32 +464,37 @@ def saliency_maps(
     methods: Sequence[str],
     gates: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, Tensor]:
-    """Every map the pictures show, as ``[N, H, W]`` saliency (higher: more important).
+    """Every map of ``methods``, as ``[N, H, W]`` saliency (higher: more important).
 
     Args:
         model: Classifier (left as found).
         images: ``[N, C, H, W]`` as it takes them.
         targets: Class per image.
-        layers: ``{name: module}`` for Grad-CAM, low to high; the last one also
-            masks guided Grad-CAM.
-        methods: Input-resolution methods, a subset of ``guided_backprop``,
-            ``deconvolution``, ``guided_gradcam``. Their signed ``[N, C, H, W]``
-            attributions count by magnitude summed over channels.
+        layers: ``{name: module}`` for Grad-CAM and the CAM variants, low to
+            high; the last one also masks guided Grad-CAM.
+        methods: Names of :data:`visualization.pictures.METHODS`. The signed
+            ``[N, C, H, W]`` attributions of the input methods count by
+            magnitude summed over channels, but occlusion's by its signed sum:
+            it is the logit's drop when the pixels are hidden, and a pixel
+            whose hiding *raises* the logit is evidence against the class.
         gates: ``{name: sigmoid gate}`` of CBAM spatial attention; channel
             gates (``[N, C, 1, 1]``) have no spatial map and are skipped.
 
     Returns:
-        ``{"gradcam_<layer>": ..., <method>: ..., "attention_<gate block>": ...}``, on the CPU.
+        ``{"gradcam_<layer>": ..., "<cam variant>_<layer>": ..., <input method>: ...,
+        "attention_<gate block>": ...}``, on the CPU.
 
     Raises:
-        ValueError: An unknown method.
+        ValueError: An unknown method, or one that does not apply (see ``check_methods``).
     """
-    check_input_methods(methods)
+    check_methods(methods, model)
     size = tuple(images.shape[-2:])
     maps = {f"gradcam_{name}": cam for name, cam in gradcam(model, images, targets, layers).items()}
+    variants = cam_maps(model, images, targets, layers, methods)
+    maps |= {f"{method}_{layer}": cam for (method, layer), cam in variants.items()}
     last = list(layers.values())[-1]
     for method, attribution in input_attributions(model, images, targets, methods, last).items():
-        maps[method] = attribution.abs().sum(dim=1)
+        maps[method] = attribution.sum(dim=1) if method == "occlusion" else attribution.abs().sum(dim=1)
     for name, gate in capture_activations(model, images, gates or {}).items():
         if gate.shape[-2:] != (1, 1):
             maps[f"attention_{name.removesuffix('.gate')}"] = F.interpolate(
@@ -468,12 +503,24 @@ def saliency_maps(
     return maps
 
 
+def method_and_layer(name: str) -> tuple[str, str]:
+    """Split a map name of :func:`saliency_maps` into the method and its layer (``""`` for input methods).
+
+    ``gradcam_pp_conv3`` -> ``("gradcam_pp", "conv3")``; ``attention_cbam.layer4.spatial`` ->
+    ``("attention", "cbam.layer4.spatial")``; ``occlusion`` -> ``("occlusion", "")``.
+    """
+    for method in sorted(("gradcam", "attention", *CAM_METHODS), key=len, reverse=True):
+        if name.startswith(f"{method}_"):
+            return method, name.removeprefix(f"{method}_")
+    return name, ""
+
+
 def faithfulness_scores(
     model: nn.Module,
     images: Tensor,
     layers: Sequence[str],
     layer_root: nn.Module | None = None,
-    methods: Sequence[str] = INPUT_METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     attention: bool = True,
     steps: int = 16,
     road_steps: int = 8,
@@ -481,7 +528,7 @@ def faithfulness_scores(
     randomize_layers: int = 1,
     seed: int = 0,
 ) -> FaithfulnessResult:
-    """Deletion, insertion and ROAD areas and the randomisation check for every map of ``images``.
+    """Deletion, insertion and ROAD (both orders) areas and the randomisation check for every map of ``images``.
 
     Each image is explained, and scored, for the class the model predicts on it.
 
@@ -489,12 +536,12 @@ def faithfulness_scores(
         model: Classifier taking ``images``; left exactly as found (weights,
             flags, ``requires_grad``, RNG state).
         images: ``[N, C, H, W]`` as the model takes them.
-        layers: Grad-CAM layers, low to high, as names in ``layer_root``.
+        layers: Grad-CAM (and CAM variant) layers, low to high, as names in ``layer_root``.
         layer_root: Where names resolve (``model.net`` for ours); default ``model``.
-        methods: Input-resolution methods (see :func:`saliency_maps`).
+        methods: Methods beside Grad-CAM (see :func:`saliency_maps`).
         attention: Score CBAM spatial gates where the model has them.
         steps: Points of the deletion and insertion curves after the first.
-        road_steps: Points of the ROAD curve after the first (0: no ROAD).
+        road_steps: Points of each ROAD curve after the first (0: no ROAD).
         fill: What a removed pixel becomes (see :func:`deletion_insertion_curve`):
             the blurred image by default, or a value per channel.
         randomize_layers: Top layers re-initialised for the sanity check (0: no check).
@@ -520,10 +567,14 @@ def faithfulness_scores(
     }
     if road_steps > 0:
         runs["road"] = lambda m: road_curve(model, x, m, targets, road_steps, fill, seed=seed)
+        runs["road_lerf"] = lambda m: road_curve(model, x, m, targets, road_steps, fill, seed=seed, order="lerf")
     for curve, run in runs.items():
         per_method = {method: run(m) for method, m in {**maps, **baselines}.items()}
         result.curves[curve] = {method: c.mean(dim=0) for method, c in per_method.items()}
         result.scores[f"{curve}_auc"] = {method: auc(c) for method, c in per_method.items()}
+    if road_steps > 0:
+        morf, lerf = result.scores["road_auc"], result.scores["road_lerf_auc"]
+        result.scores["road_combined"] = {method: lerf[method] - morf[method] for method in morf}
     if randomize_layers > 0:
         with randomized_top_layers(root, randomize_layers, seed) as names:
             randomized = saliency_maps(model, x, targets, named, methods, gates)
@@ -617,3 +668,96 @@ def _cell(row: Mapping[str, object], column: str) -> str:
     if math.isnan(mean):
         return "n/a"
     return f"{mean:.3f}" if math.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def shared_ranks(intervals: Sequence[tuple[float, float, float]], higher_is_better: bool) -> list[int]:
+    """Ranks ``1, 1, 3, ...`` of ``(mean, low, high)`` scores where overlapping intervals share a rank.
+
+    The scores are taken best mean first; one whose interval overlaps those of
+    the group before it (directly, or through a chain of overlaps) joins that
+    group and its rank; one that does not starts a new group, ranked by how many
+    scores come before it. So every method of rank ``r`` is separated from every
+    method of a later rank by its interval, and no two methods whose intervals
+    overlap get different ranks. A missing interval (NaN) counts as the mean alone.
+
+    Args:
+        intervals: ``(mean, low, high)`` per method; means must not be NaN.
+        higher_is_better: Direction of the score.
+
+    Returns:
+        The rank of each method, in the order given.
+    """
+    sign = 1 if higher_is_better else -1
+    order = sorted(range(len(intervals)), key=lambda i: -sign * intervals[i][0])
+    ranks = [0] * len(intervals)
+    group_low = group_high = math.nan
+    group_rank = 0
+    for position, i in enumerate(order, start=1):
+        mean, low, high = intervals[i]
+        low, high = (mean, mean) if math.isnan(low) else (low, high)
+        if high < group_low or low > group_high or math.isnan(group_low):  # apart from the group so far
+            group_rank, group_low, group_high = position, low, high
+        else:
+            group_low, group_high = min(group_low, low), max(group_high, high)
+        ranks[i] = group_rank
+    return ranks
+
+
+def leaderboard_rows(result: FaithfulnessResult, confidence: float = 0.95, seed: int = 0) -> list[dict[str, object]]:
+    """The methods ranked on each score of :data:`RANKED`, one row per method and layer, best first.
+
+    Each score gets its mean over images, its bootstrap interval and a rank from
+    :func:`shared_ranks` among the methods that pass the randomisation check.
+    A method that fails it (see :meth:`FaithfulnessResult.flagged`) keeps its
+    scores but gets no rank, so it is never ranked first; nor do the baselines,
+    which know nothing of the model. Rows: the ranked methods by their rank on
+    the first score present (``road_combined``), then the flagged ones, then
+    the baselines.
+
+    Returns:
+        ``[{"method", "layer", "flagged", "rank", "<score>", "<score>_low",
+        "<score>_high", "<score>_rank", ...}]``; ranks are ``None`` where not ranked.
+    """
+    scores = [metric for metric in RANKED if metric in result.scores]
+    names = list(next(iter(result.scores.values())))
+    flagged = set(result.flagged())
+    rows = []
+    for name in names:
+        method, layer = method_and_layer(name)
+        row: dict[str, object] = {"method": method, "layer": layer, "flagged": name in flagged}
+        for metric in [*scores, "randomization_spearman"]:
+            row.update(_mean_and_interval(metric, result.scores.get(metric, {}).get(name), confidence, seed))
+        rows.append(row)
+    ranked = [row for row, name in zip(rows, names) if name not in BASELINES and not row["flagged"]]
+    for metric in scores:
+        usable = [row for row in ranked if not math.isnan(row[metric])]
+        intervals = [(row[metric], row[f"{metric}_low"], row[f"{metric}_high"]) for row in usable]
+        for row in rows:
+            row[f"{metric}_rank"] = None
+        for row, rank in zip(usable, shared_ranks(intervals, RANKED[metric] > 0)):
+            row[f"{metric}_rank"] = rank
+    first = scores[0] if scores else None
+    for row in rows:
+        row["rank"] = row.get(f"{first}_rank")
+
+    def position(row: dict[str, object]) -> tuple:
+        unranked = row["rank"] is None
+        group = 2 if row["method"] in BASELINES else int(unranked)
+        mean = row.get(first, math.nan) if first else math.nan
+        return group, row["rank"] or 0, -RANKED.get(first, 1) * (mean if not math.isnan(mean) else -math.inf)
+
+    return sorted(rows, key=position)
+
+
+def leaderboard_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """The rows of :func:`leaderboard_rows` as Markdown: ``mean [low, high] (rank)`` per score."""
+    scores = [metric for metric in RANKED if metric in rows[0]]
+    columns = ["rank", "method", "layer", *scores, "randomization_spearman", "flagged"]
+    cells = []
+    for row in rows:
+        baseline = row["method"] in BASELINES
+        rank = "baseline" if baseline else "-" if row["rank"] is None else str(row["rank"])
+        ranked = [_cell(row, m) + ("" if row[f"{m}_rank"] is None else f" ({row[f'{m}_rank']})") for m in scores]
+        flag = "" if baseline else {True: "yes", False: "no"}[bool(row["flagged"])]
+        cells.append([rank, row["method"], row["layer"] or "-", *ranked, _cell(row, "randomization_spearman"), flag])
+    return tables.markdown_table(columns, cells) + "\n"

@@ -197,7 +197,7 @@ def channel_gates_figure(channel_weights: Mapping[str, Tensor]) -> Figure:
 
 
 def faithfulness_curves_figure(curves: Mapping[str, Mapping[str, Tensor]]) -> Figure:
-    """Deletion, insertion and ROAD curves of every map side by side, one panel per curve.
+    """Deletion, insertion and ROAD (both orders) curves of every map side by side, one panel per curve.
 
     The model's maps are solid lines; the baselines ``random`` and ``centre``
     dashed grey and dotted black, so a map that does no better than them is
@@ -221,10 +221,11 @@ def faithfulness_curves_figure(curves: Mapping[str, Mapping[str, Tensor]]) -> Fi
             style = baseline_style.get(method, {"lw": 1.4})
             ax.plot(x, y, label=f"{method} ({area:.2f})", **style)
         removed = "revealed" if curve == "insertion" else "removed"
-        ax.set_xlabel(f"share of pixels {removed}, most salient first")
+        first = "least" if curve == "road_lerf" else "most"
+        ax.set_xlabel(f"share of pixels {removed}, {first} salient first")
         ax.set_ylabel("probability of the predicted class")
         ax.set_ylim(0, 1)
-        better = "higher" if curve == "insertion" else "lower"
+        better = "higher" if curve in ("insertion", "road_lerf") else "lower"
         ax.set_title(f"{curve} (area: {better} is better)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")

@@ -18,15 +18,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from user_input import UserInputError
 from visualization.attributions import (
+    CAM_METHODS,
+    INPUT_ATTRIBUTIONS,
     attribution_mode,
     capture_activations,
     deconvolution,
     gradcam,
     guided_backprop,
     guided_gradcam,
+    integrated_gradients,
+    layer_cams,
+    occlusion,
     prepare_inputs,
     resolve_layers,
+    smoothgrad,
 )
 from visualization.figures import channel_gates_figure, figure_to_image
 from visualization.grids import (
@@ -38,10 +45,21 @@ from visualization.grids import (
     top_channels_grid,
 )
 
-__all__ = ["INPUT_METHODS", "attention_gates", "check_input_methods", "input_attributions", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures"]
+__all__ = [
+    "CAM_METHODS", "DEFAULT_METHODS", "INPUT_METHODS", "METHODS", "attention_gates", "cam_maps", "check_methods",
+    "input_attributions", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures",
+]
 
-# Input-resolution methods drawn beside the Grad-CAM columns, in this order.
-INPUT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
+# Every method a config can name besides Grad-CAM (always drawn and scored at each layer), in drawing order:
+# the attributions on the input pixels, then the CAM variants (each at every layer, as Grad-CAM).
+INPUT_METHODS = INPUT_ATTRIBUTIONS
+METHODS = (*INPUT_METHODS, *CAM_METHODS)
+# What the callbacks draw and score unless told otherwise: three backward passes an image, cheap enough
+# for every few epochs. Integrated gradients (32 passes), SmoothGrad (16), occlusion (49 forward
+# passes) and Score-CAM (one forward pass per channel) are for the offline leaderboard, or opt-in.
+DEFAULT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
+# Methods that change the gradient of nn.ReLU modules: on a model without any they would be plain gradients.
+_RELU_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
 
 # Channels of the last layer overlaid in the source's "attention" picture (SPEC 6).
 TOP_CHANNELS = 3
@@ -101,7 +119,7 @@ def render_pictures(
     classes: Sequence[str],
     layers: Sequence[str],
     layer_root: nn.Module | None = None,
-    methods: Sequence[str] = INPUT_METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     feature_top_k: int = 8,
     feature_images: int = 1,
     attention: bool = True,
@@ -123,7 +141,8 @@ def render_pictures(
         layers: Layer names relative to ``layer_root``, low to high.
         layer_root: Module the names are resolved in (``model.net`` for our
             classifiers); default ``model``.
-        methods: Which of :data:`INPUT_METHODS` to draw beside Grad-CAM.
+        methods: Which of :data:`METHODS` to draw beside Grad-CAM: a CAM variant
+            as one column per layer (after Grad-CAM's), an input method as one column.
         feature_top_k: Channels per layer in the feature-map pictures.
         feature_images: How many of the images (the first ones) get a row in
             each layer's feature-map picture.
@@ -133,9 +152,10 @@ def render_pictures(
         ``{tag: uint8 [H, W, 3]}`` with the tags of :func:`picture_tags`.
 
     Raises:
-        ValueError: An unknown layer or method name.
+        ValueError: An unknown layer or method name, or a method that does not
+            apply to the model or a layer (a ``UserInputError`` listing those that do).
     """
-    check_input_methods(methods)
+    check_methods(methods, model)
     root = model if layer_root is None else layer_root
     named = resolve_layers(root, layers)
     gates = attention_gates(root) if attention else {}
@@ -145,13 +165,16 @@ def render_pictures(
         preds = model(prepare_inputs(x, model)).argmax(dim=1).cpu()
 
     cams = gradcam(model, x, preds, named)
-    drawn = input_attributions(model, x, preds, [m for m in INPUT_METHODS if m in methods], named[layers[-1]])
+    variants = {
+        f"{method.replace('_', ' ')} {layer}": cam for (method, layer), cam in cam_maps(model, x, preds, named, methods).items()
+    }
+    drawn = input_attributions(model, x, preds, methods, named[layers[-1]])
     extra = {name.replace("_", " "): attribution for name, attribution in drawn.items()}  # display names
     shown = x.detach().float().cpu()
     # Side by side for comparing layers, and one stable tag per layer for
     # following a layer over the epochs. Image grids pasted in numpy, not
     # matplotlib figures: all of them cost less than one figure did.
-    pictures = {"gradcam/all_layers": gradcam_grid(shown, cams, labels, preds, classes, extra)}
+    pictures = {"gradcam/all_layers": gradcam_grid(shown, {**cams, **variants}, labels, preds, classes, extra)}
     for name, cam in cams.items():
         pictures[f"gradcam/{name}"] = layer_gradcam_grid(shown, cam, labels, preds, classes)
 
@@ -234,26 +257,59 @@ def _model_input(model: nn.Module, images: Tensor) -> Tensor:
     return images.to(device=param.device, dtype=dtype)
 
 
-def check_input_methods(methods: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming any method outside :data:`INPUT_METHODS`."""
-    unknown = [m for m in methods if m not in INPUT_METHODS]
+def check_methods(methods: Sequence[str], model: nn.Module | None = None) -> None:
+    """Refuse a method name outside :data:`METHODS`, or (given ``model``) one that does not apply to it.
+
+    Guided backpropagation, deconvolution and guided Grad-CAM work by changing
+    the gradient of ``nn.ReLU`` modules; on a model without one they would
+    silently be plain gradients, so they are refused there. (A CAM variant at a
+    layer without a spatial feature map is refused when it runs, by
+    :func:`visualization.attributions.layer_cams`.)
+
+    Raises:
+        UserInputError: The message lists the methods that apply.
+    """
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"Unknown methods {unknown}.\nHINT: choose from {list(INPUT_METHODS)}.")
+        raise UserInputError(f"Unknown methods {unknown}.\nHINT: choose from {list(METHODS)}.")
+    if model is not None and not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        refused = [m for m in methods if m in _RELU_METHODS]
+        if refused:
+            raise UserInputError(
+                f"Methods {refused} guide the gradient through nn.ReLU modules, and "
+                f"{type(model).__name__} has none.\n"
+                f"HINT: choose from those that apply to it: {[m for m in METHODS if m not in _RELU_METHODS]}."
+            )
 
 
 def input_attributions(
     model: nn.Module, x: Tensor, targets: Tensor, methods: Sequence[str], last_layer: nn.Module
 ) -> dict[str, Tensor]:
-    """The signed ``[N, C, H, W]`` attributions of ``methods`` (of :data:`INPUT_METHODS`), in that order.
+    """The ``[N, C, H, W]`` attributions of the input methods among ``methods``, in :data:`INPUT_METHODS` order.
 
-    ``last_layer`` is the layer whose Grad-CAM masks guided Grad-CAM.
+    ``last_layer`` is the layer whose Grad-CAM masks guided Grad-CAM. CAM
+    variants in ``methods`` are left to :func:`cam_maps`.
     """
     compute = {
         "guided_backprop": lambda: guided_backprop(model, x, targets),
         "deconvolution": lambda: deconvolution(model, x, targets),
         "guided_gradcam": lambda: guided_gradcam(model, x, targets, last_layer),
+        "integrated_gradients": lambda: integrated_gradients(model, x, targets),
+        "smoothgrad": lambda: smoothgrad(model, x, targets),
+        "occlusion": lambda: occlusion(model, x, targets),
     }
-    return {name: compute[name]() for name in methods}
+    return {name: compute[name]() for name in INPUT_METHODS if name in methods}
+
+
+def cam_maps(
+    model: nn.Module, x: Tensor, targets: Tensor, layers: dict[str, nn.Module], methods: Sequence[str]
+) -> dict[tuple[str, str], Tensor]:
+    """``{(method, layer): [N, H, W]}``: the CAM variants among ``methods`` (:data:`CAM_METHODS` order) at every layer."""
+    return {
+        (method, name): cam
+        for method in CAM_METHODS if method in methods
+        for name, cam in layer_cams(model, x, targets, layers, method).items()
+    }
 
 
 def _gate_label(name: str) -> str:
