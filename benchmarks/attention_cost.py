@@ -14,12 +14,10 @@ as in `benchmarks.training_throughput`; inference is eval mode under
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from benchmarks.common import base_parser, images_per_second, machine_line, print_table
-from benchmarks.training_throughput import bare_step_seconds
+from benchmarks.training_throughput import _autocast, bare_step_seconds
 from lightning_modules import (
     CNNCBAMClassifier,
     CNNClassifier,
@@ -40,11 +38,9 @@ def inference_images_per_second(cls, precision: str, batch_size: int, steps: int
     model = cls(channels_last=True).eval()
     model.configure_model()
     images = torch.rand(batch_size, 3, 32, 32)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
-
     @torch.inference_mode()
     def step(batch) -> None:
-        with autocast:
+        with _autocast(precision):  # the training step's autocast, as Lightning's bf16-mixed plugin
             model(batch[0])
 
     return images_per_second(iter(lambda: (images,), None), steps, warmup, step)
