@@ -138,7 +138,7 @@ class ProjectCLI(LightningCLI):
             found = sorted(run_root.glob(f"version_*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
         if not found:
             if which == "last":
-                print(f"No last.ckpt under {run_root}: starting a new run.", file=sys.stderr)
+                _tell(f"No last.ckpt under {run_root}: starting a new run.")
                 config.ckpt_path = None
                 return
             searched = run_root / ("checkpoints" if version is not None else "version_*/checkpoints")
@@ -289,6 +289,16 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
     return quoted[-1] if quoted else None
 
 
+def _tell(message: str) -> None:
+    """Write ``message`` and its newline to stderr in one write.
+
+    ``print`` writes the text and the newline separately, so under DDP another rank's message could land between
+    them and two messages shared a line.
+    """
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(args: list[str] | None = None, run: bool = True) -> ProjectCLI:
     """Parse ``args`` (default: ``sys.argv``) and run the subcommand; ``run=False``: build the classes only."""
     # Lightning's summary sizes parameters at 32 bits under mixed precision and says so on every run.
@@ -314,13 +324,13 @@ def _run(args: list[str] | None, run: bool) -> ProjectCLI:
             run=run,
         )
     except SIGTERMException as stop:  # Lightning exits 0 on SIGTERM; a scheduler must see the job did not finish
-        print("Stopped by SIGTERM. Resume with --ckpt_path last.", file=sys.stderr)
+        _tell("Stopped by SIGTERM. Resume with --ckpt_path last.")
         raise SystemExit(128 + signal.SIGTERM) from stop
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _tell(f"error: {error}")
         raise SystemExit(1) from error
     except UserInputError as error:  # found once training runs (data read, schedule checked), after parsing
-        print(f"error: {error}", file=sys.stderr)
+        _tell(f"error: {error}")
         raise SystemExit(2) from error
 
 

@@ -13,6 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import callbacks.fault_tolerance as fault_tolerance
+import cli
 from callbacks import AtomicCheckpointIO
 from lightning_modules import CNNClassifier
 from tests.conftest import CONFIGS, NO_PICTURES, REPO, config_with_stages
@@ -188,6 +189,27 @@ def test_a_nan_loss_on_one_ddp_rank_stops_every_rank_at_once_and_no_checkpoint_h
     for path in checkpoints:
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_an_error_message_reaches_stderr_in_one_write_so_ranks_cannot_splice_it(monkeypatch):
+    # Every DDP rank prints the same message to one shared pipe; a message written in pieces (print's text, then
+    # its newline) let the other rank's message start on its last line. One write under PIPE_BUF is atomic.
+    class RecordingStream:
+        def __init__(self):
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            self.writes.append("<flush>")
+
+    stream = RecordingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    message = "error: The training loss is not finite\nUsual causes: ...\nHINT: lower the learning rate."
+    cli._tell(message)
+    assert stream.writes == [message + "\n", "<flush>"]
 
 
 def test_a_nan_loss_stops_with_the_loss_and_step_or_at_the_next_check(tiny_data, run_cli, capsys):
