@@ -31,6 +31,10 @@ from tests.cluster_helpers import clean_env, free_port
 from tests.conftest import NO_PICTURES, REPO
 from tests.test_cli import tiny_args
 
+# One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
+# then trained once per test run, not once on each worker.
+pytestmark = pytest.mark.xdist_group("test_cluster")
+
 CNN = REPO / "configs" / "cnn.yaml"
 # 72 tiny images, 12 validated; batches of 16 over 2 ranks: 2 steps an epoch, 2 epochs.
 TRAIN = ["--data.batch_size", "16", "--trainer.deterministic", "true", "--trainer.max_epochs", "2"]

@@ -40,6 +40,10 @@ from visualization.faithfulness import (
 )
 from visualization.pictures import CAM_METHODS, METHODS
 
+# One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
+# then trained once per test run, not once on each worker.
+pytestmark = pytest.mark.xdist_group("test_faithfulness")
+
 SIZE = 32
 PATCH = (slice(0, 8), slice(0, 8))  # the top-left 8x8 pixels: 1/16 of the image
 GAIN = 10.0  # logit per unit of the patch's mean brightness
@@ -326,9 +330,14 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.fixture(scope="module")
 def scored(tiny_data, tmp_path_factory):
-    """Two epochs of the CNN on 3 classes, scored every epoch, and the same run without the callback."""
+    """Two epochs of the CNN on 3 classes, scored every epoch, and the same run without the callback.
+
+    The curves are sampled at 2 steps (ROAD at 1), not the default 8 (4): the same code and tags at a third of the
+    forward passes; the recomputation below uses the same steps.
+    """
     runs = {}
-    for name, callbacks in {"scored": [FaithfulnessScores(["conv1", "conv3"], every_n_epochs=1)], "plain": []}.items():
+    scores = FaithfulnessScores(["conv1", "conv3"], every_n_epochs=1, steps=2, road_steps=1)
+    for name, callbacks in {"scored": [scores], "plain": []}.items():
         L.seed_everything(0)
         model = CNNClassifier(num_classes=3)
         trainer = tiny_trainer(tmp_path_factory.mktemp(name), callbacks)
@@ -355,7 +364,7 @@ def test_scores_reach_tensorboard_each_epoch_and_match_a_recomputation(scored):
     assert torch.equal(resumed.images, callback.images)
     # The last logged values are the scores of the final model on those images.
     again = faithfulness_scores(
-        model, callback.images.float().div(255), ["conv1", "conv3"], layer_root=model.net, steps=8, road_steps=4
+        model, callback.images.float().div(255), ["conv1", "conv3"], layer_root=model.net, steps=2, road_steps=1
     )
     for tag in expected:
         assert scalars[tag][-1][1] == pytest.approx(again.means()[tag], abs=1e-5, nan_ok=True), tag

@@ -21,6 +21,10 @@ from tests.test_cli import REPO, tiny_args
 from visualization.faithfulness import faithfulness_scores
 from visualization.pictures import render_pictures
 
+# One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
+# then trained once per test run, not once on each worker.
+pytestmark = pytest.mark.xdist_group("test_precision")
+
 
 @pytest.fixture
 def cpu_features(monkeypatch):

@@ -25,6 +25,10 @@ from visualization.attributions import gradcam, resolve_layers
 from visualization.grids import heatmap_overlay
 from visualization.pictures import most_confident_mistakes
 
+# One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
+# then trained once per test run, not once on each worker.
+pytestmark = pytest.mark.xdist_group("test_predictions")
+
 CNN = REPO / "configs" / "cnn.yaml"
 CNN_FAST = REPO / "configs" / "cnn_fast.yaml"
 CLASSES = ["bird", "cat", "ship"]

@@ -19,6 +19,10 @@ from report_statistics import paired_bootstrap
 from datamodules import CIFAR10DataModule
 from tests.conftest import NO_PICTURES, REPO
 
+# One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
+# then trained once per test run, not once on each worker.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 THRESHOLDS = (0.01, 0.99)
 TEST_ACC = "test acc (%), mean ± 95 % interval"  # the README table's column
 # The report reads scalars and run.json only: the drawing callbacks (half of a tiny fit) stay off.

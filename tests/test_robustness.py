@@ -66,6 +66,7 @@ def straight_weights(tiny_data, tmp_path_factory):
     return get
 
 
+@pytest.mark.xdist_group("straight_weights")  # one worker trains the module's straight runs
 def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_data, run_cli, tmp_path, straight_weights):
     result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 3,
                           "--trainer.logger.init_args.name", "preempted",
@@ -82,6 +83,7 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
     _assert_same_weights(_weights(resumed.model), straight_weights(0))
 
 
+@pytest.mark.xdist_group("straight_weights")  # one worker trains the module's straight runs
 @pytest.mark.parametrize(("ctrl_c", "workers"), [(True, 0), (False, 2)], ids=["ctrl-c", "exception-2-workers"])
 def test_a_crash_mid_epoch_resumes_bit_exactly_from_last(tiny_data, run_cli, tmp_path, capsys, ctrl_c, workers,
                                                          straight_weights):
@@ -159,6 +161,7 @@ def test_checkpoints_load_weights_only_and_reproduce_val_acc(tiny_data, run_cli,
     assert model.hparams.num_classes == 3
 
 
+@pytest.mark.xdist_group("straight_weights")  # one worker trains the module's straight runs
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_bit_exact_with_loader_workers(tiny_data, run_cli, workers, straight_weights):
     common = [*tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--data.num_workers", workers]
