@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import NO_PICTURES, REPO
 from tests.fault_helpers import BatchesTrainedRecorder, WarningFiltersRecorder
 from tests.test_cli import tiny_args
 
@@ -23,7 +23,7 @@ SMALL = ["--data.batch_size", "16", "--trainer.limit_val_batches", 1]
 
 
 def test_batches_trained_this_epoch_counts_each_finished_batch(tiny_data, run_cli):
-    cli = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, "--trainer.max_epochs", 2,
+    cli = run_cli("fit", *tiny_args(CNN, tiny_data), *SMALL, *NO_PICTURES, "--trainer.max_epochs", 2,
                   "--trainer.callbacks+=tests.fault_helpers.BatchesTrainedRecorder")
     (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, BatchesTrainedRecorder)]
     assert recorder.seen == [(epoch, i, i + 1) for epoch in (0, 1) for i in range(4)]

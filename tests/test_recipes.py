@@ -122,7 +122,7 @@ def test_time_to_accuracy_runs_a_recipe_until_its_target(config, target, epochs_
 
     monkeypatch.chdir(tmp_path)
     args = Namespace(data=tiny_data, target=target, max_epochs=2)
-    history = recipe(config, args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu"])
+    history = recipe(config, args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu", *NO_PICTURES])
     assert [epoch for epoch, _, _ in history] == list(range(1, epochs_run + 1))
     seconds = [s for _, s, _ in history]
     assert seconds == sorted(seconds) and seconds[0] > 0
@@ -135,7 +135,8 @@ def test_time_to_accuracy_runs_a_recipe_until_its_target(config, target, epochs_
 def test_time_to_accuracy_races_configs_from_the_command_line(tiny_data, tmp_path):
     # As users run it (python -m): the stop callback comes from the imported module, not __main__.
     command = [sys.executable, "-m", "benchmarks.time_to_accuracy", "--data", str(tiny_data), "--configs", "cnn",
-               "cnn_fast", "--target", "1.0", "--max-epochs", "2", "--cli", "--data.val_size 12 --trainer.accelerator cpu"]
+               "cnn_fast", "--target", "1.0", "--max-epochs", "2",
+               "--cli", " ".join(["--data.val_size 12 --trainer.accelerator cpu", *NO_PICTURES])]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

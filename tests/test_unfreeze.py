@@ -128,16 +128,21 @@ def test_resume_after_each_epoch_matches_the_straight_run(tiny_data, run_cli, tm
     expected_trainable = {n for n, p in straight.model.named_parameters() if p.requires_grad}
     expected_groups = _optimizer_view(straight)
     expected_steps = _callback(straight, ProgressiveUnfreeze).stage_start_steps
-    for k in (1, 2, 3):
-        name = f"resumed{k}"
-        _fit(run_cli, tmp_path, tiny_data, name, "--trainer.max_epochs", k, reset_optimizer=reset_optimizer)
-        resumed = _fit(run_cli, tmp_path, tiny_data, name, "--ckpt_path", "last", reset_optimizer=reset_optimizer)
-        assert resumed.trainer.global_step == straight.trainer.global_step
-        for param_name, param in resumed.model.named_parameters():
-            assert torch.equal(param, expected[param_name]), (k, param_name)
-        assert {n for n, p in resumed.model.named_parameters() if p.requires_grad} == expected_trainable
-        assert _optimizer_view(resumed) == expected_groups
-        assert _callback(resumed, ProgressiveUnfreeze).stage_start_steps == expected_steps
+    # One run stopped after every epoch: 1 epoch, then resumed to 2, to 3 and to the end. Each resume crosses a
+    # stage change, and any state it lost would move the final bits.
+    _fit(run_cli, tmp_path, tiny_data, "resumed", "--trainer.max_epochs", 1, reset_optimizer=reset_optimizer)
+    for k in (2, 3, None):
+        length = [] if k is None else ["--trainer.max_epochs", k]
+        resumed = _fit(run_cli, tmp_path, tiny_data, "resumed", *length, "--ckpt_path", "last",
+                       reset_optimizer=reset_optimizer)
+        assert resumed.trainer.current_epoch == (k or straight.trainer.current_epoch)
+    assert Path(resumed.trainer.log_dir).name == "version_0"  # every resume continued the one run
+    assert resumed.trainer.global_step == straight.trainer.global_step
+    for param_name, param in resumed.model.named_parameters():
+        assert torch.equal(param, expected[param_name]), param_name
+    assert {n for n, p in resumed.model.named_parameters() if p.requires_grad} == expected_trainable
+    assert _optimizer_view(resumed) == expected_groups
+    assert _callback(resumed, ProgressiveUnfreeze).stage_start_steps == expected_steps
 
 
 def test_reset_optimizer_starts_a_fresh_adam_each_stage(tiny_data, run_cli, tmp_path):
