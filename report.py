@@ -144,7 +144,8 @@ class Run:
 
     @property
     def seconds_per_epoch(self) -> float | None:
-        return statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None
+        # The median: one epoch slowed by a neighbour on a shared machine (3,036 s among 100 s ones) moved the mean.
+        return statistics.median(self.epoch_seconds) if self.epoch_seconds else None
 
     def first_reaching(self, threshold: float) -> tuple[float | None, int] | None:
         """(wall seconds, epoch) of the first validation at or above ``threshold``; ``None`` if never."""
@@ -619,7 +620,7 @@ TEST_ACCURACY_NOTE = (
     "Test accuracy: each run's last `test/acc` (`cli.py test --ckpt_path best`: its best-validation "
     "checkpoint on the official test split), mean over seeds "
     "± the half-width of its 95 % Student-t interval (n - 1 degrees of freedom: with 2 seeds the t factor "
-    "is 12.7, with 3 it is 4.3); one seed shows no interval. s/epoch and inference img/s: means over seeds, "
+    "is 12.7, with 3 it is 4.3); one seed shows no interval. s/epoch: each run's median epoch; it and inference img/s are means over seeds, "
     "comparable only between runs on the same machine (below). The source's number is a test accuracy too."
 )
 COMPARISON_NOTE = (

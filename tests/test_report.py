@@ -108,7 +108,7 @@ def test_report_numbers_are_the_runs_own(logs, built):
         assert row["best_epoch"][index] == int(epoch_at[best_step]) + 1
         assert row["epochs"][index] == 2
         epoch_seconds = [value for _, value in _logged(version_dir, "time/epoch_seconds")]
-        assert row["seconds_per_epoch"][index] == pytest.approx(statistics.fmean(epoch_seconds))
+        assert row["seconds_per_epoch"][index] == pytest.approx(statistics.median(epoch_seconds))
         assert row["parameters"] == sum(p.numel() for p in cli.model.parameters())
         for threshold in THRESHOLDS:
             expected = _expected_time_to(version_dir, threshold)
@@ -458,11 +458,17 @@ def test_the_readme_table_gives_test_accuracy_with_a_t_interval(tmp_path):
     # Mean 82 %, sample std 2 points, t(2) = 4.3027: half-width 4.3027 * 2 / sqrt(3) = 4.97 points.
     assert cnn[TEST_ACC] == "82.00 ± 4.97"
     assert (cnn["seeds"], cnn["epochs"], cnn["parameters"]) == ("0, 1, 2", "2", "1,000")
-    assert cnn["s/epoch"] == "15.5"  # (15 + 15.5 + 16) / 3
+    assert cnn["s/epoch"] == "15.5"  # (15 + 15.5 + 16) / 3: a run's median of two epochs is their mean
     assert cnn["source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
     assert _row(printed, "mlp")[TEST_ACC] == "55.66"  # one seed: no interval
     assert _row(printed, "lenet")[TEST_ACC] == "62.00 (1/2 tested)"
     assert "Paired comparisons" not in printed  # no pair of an attention config and its base
+
+
+def test_a_runs_epoch_time_is_its_median_so_one_slowed_epoch_does_not_move_it(tmp_path):
+    logdir = tmp_path / "logs"
+    _fake_run(logdir, "cnn_fast", "version_0", 0, test_acc=0.8, epoch_seconds=(100.0, 104.0, 3036.0, 98.0, 101.0))
+    assert _row(report.results_markdown(logdir), "cnn_fast")["s/epoch"] == "101.0"  # the mean would be 687.8
 
 
 def test_paired_comparison_reads_the_runs_predictions(attention_logs):
