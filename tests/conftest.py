@@ -91,7 +91,14 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 # cli.STANDARD_CALLBACKS keys that only draw or score: the schedule tests switch them off (ResNet's
 # faithfulness scoring alone is most of a tiny fit's time); test_cli runs every config with them.
 PICTURE_KEYS = ("loss_plots", "pictures", "confusion_matrix", "mistakes", "faithfulness")
-NO_PICTURES = [arg for key in PICTURE_KEYS for arg in (f"--{key}", "null")]
+
+
+def pictures_off(keep: tuple[str, ...] = ()) -> list[str]:
+    """``--<key> null`` for each of PICTURE_KEYS but ``keep``."""
+    return [arg for key in PICTURE_KEYS if key not in keep for arg in (f"--{key}", "null")]
+
+
+NO_PICTURES = pictures_off()
 
 
 def config_with_stages(tmp_path: Path, stages: list[dict], source: Path | None = None) -> Path:

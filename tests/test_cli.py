@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from cli import STANDARD_CALLBACKS, main
 from callbacks import AtomicCheckpointIO
-from tests.conftest import CONFIGS, NO_PICTURES, REPO
+from tests.conftest import CONFIGS, NO_PICTURES, PICTURE_KEYS, REPO
 from tests.pictures_helpers import tensorboard_images
 from visualization.pictures import attention_gates
 
@@ -157,8 +157,7 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
 
     pictures = standard_callbacks(fit.trainer)
     if not draws:  # drawn by DRAWS[...]'s run of the same network
-        assert not drawn and not {"LossPlots", "InterpretabilityDumps", "FaithfulnessScores", "ConfusionMatrixPlot",
-                                  "MistakeGallery"} & set(pictures)
+        assert not drawn and not {STANDARD_CALLBACKS[key].__name__ for key in PICTURE_KEYS} & set(pictures)
         return
     if "LossPlots" in pictures:
         assert {"loss/iterations", "loss/epochs"} <= set(drawn)
@@ -213,16 +212,15 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tiny_data,
 def test_resume_from_last_continues_the_run_bit_exactly(tiny_data, run_cli, tmp_path, monkeypatch):
     # With the pictures: their epoch-end drawings and saved state must not move the resumed bits.
     # Two epochs against one plus one: the resumed epoch starts from the first epoch's saved picture state.
-    short_scores = [str(a) for a in SHORT_FAITHFULNESS_CURVES]
     straight = _train(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "straight",
-                      *short_scores, pictures=True)
+                      *SHORT_FAITHFULNESS_CURVES, pictures=True)
     expected = _weights(straight.model)
 
-    _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed", *short_scores,
-           pictures=True)
+    _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed",
+           *SHORT_FAITHFULNESS_CURVES, pictures=True)
     resumed = _train(
         run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed",
-        "--ckpt_path", "last", *short_scores, pictures=True,
+        "--ckpt_path", "last", *SHORT_FAITHFULNESS_CURVES, pictures=True,
     )
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == straight.trainer.global_step

@@ -17,7 +17,7 @@ from callbacks import FaithfulnessScores, InterpretabilityDumps, interpretabilit
 from datamodules.image_folder import read_loose_images
 from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
-from tests.conftest import PICTURE_KEYS, REPO
+from tests.conftest import REPO, pictures_off
 from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
 from visualization.attributions import gradcam, integrated_gradients, layer_cams, resolve_layers
 from visualization.grids import gradcam_grid
@@ -361,7 +361,7 @@ def test_explain_loads_a_checkpoint_with_other_objects_only_when_trusted(fitted,
 
 def test_cli_validate_draws_and_explain_reads_the_run_config(tiny_data, run_cli, tmp_path):
     # Only the Grad-CAM pictures on: the scores and the other drawings are not what this test reads.
-    others_off = [arg for key in PICTURE_KEYS if key != "pictures" for arg in (f"--{key}", "null")]
+    others_off = pictures_off(keep=("pictures",))
     args = ["--config", REPO / "configs/cnn.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *others_off]
     fit = run_cli("fit", *args, "--trainer.max_epochs", 1, "--trainer.limit_train_batches", 2)
