@@ -102,6 +102,19 @@ def test_a_flag_or_config_changes_or_switches_off_a_standard_callback(tiny_data,
     assert "PredictionWriter, which every run already gets as `predictions`" in err and "HINT:" in err
 
 
+def test_only_the_named_subcommand_is_built_and_a_misspelt_one_lists_all_four(tiny_data, monkeypatch, capsys):
+    import cli
+
+    monkeypatch.setattr(cli.ProjectCLI, "_run_subcommand", lambda self, subcommand: None)
+    built = main(["test", *map(str, tiny_args(REPO / "configs/cnn.yaml", tiny_data))])
+    assert built.subcommand == "test" and list(built._subcommand_parsers) == ["test"]
+    assert type(built.datamodule).__name__ == "CIFAR10DataModule" and built.trainer is not None
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tset", *map(str, tiny_args(REPO / "configs/cnn.yaml", tiny_data))])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'tset' (choose from 'fit', 'validate', 'test', 'predict')" in capsys.readouterr().err
+
+
 def _network(config: Path) -> tuple[str, str, bool]:
     """What the drawing callbacks see of a config: its model class, its data module and whether pixels are permuted."""
     recipe = yaml.safe_load(config.read_text())
