@@ -58,7 +58,9 @@ STANDARD_NAMES = ("LearningRateMonitor", "PredictionWriter", "ConfusionMatrixPlo
                   "InterpretabilityDumps", "FaithfulnessScores", "StopOnNonFiniteLoss")
 # FaithfulnessScores samples each curve at 2 steps (ROAD at 1), not 8 (4): the same code paths and
 # tags at a third of the forward passes (on ResNet the scoring was two thirds of the test's time).
-SHORT_FAITHFULNESS_CURVES = ["--faithfulness.steps", 2, "--faithfulness.road_steps", 1]
+# It scores Grad-CAM and the baselines only: the guided methods' maps on every network are the pictures'
+# (InterpretabilityDumps draws them), and their scores test_faithfulness's; they were a fifth of VGG-16's test.
+SHORT_FAITHFULNESS = ["--faithfulness.steps", 2, "--faithfulness.road_steps", 1, "--faithfulness.methods", "[]"]
 # The test metrics are compared with an fp32 hand count: on a CPU with bf16 the automatic
 # bf16-mixed moved the MLP's test/loss by 8e-4 (relative). test_precision covers bf16.
 FP32 = ["--trainer.precision", "32-true"]
@@ -146,7 +148,7 @@ def test_every_config_fits_tests_and_draws(config, request, run_cli, tmp_path):
     tiny_data = request.getfixturevalue(data_fixture)
     draws = DRAWS[_network(config)] == config
     fit = run_cli("fit", *tiny_args(config, tiny_data), "--trainer.max_epochs", 1, *FP32,
-                  *(SHORT_FAITHFULNESS_CURVES if draws else NO_PICTURES))
+                  *(SHORT_FAITHFULNESS if draws else NO_PICTURES))
     assert fit.datamodule.classes == ["bird", "cat", "ship"]
     assert fit.model.num_classes == 3
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(fit.trainer.callback_metrics)
@@ -226,14 +228,14 @@ def test_resume_from_last_continues_the_run_bit_exactly(tiny_data, run_cli, tmp_
     # With the pictures: their epoch-end drawings and saved state must not move the resumed bits.
     # Two epochs against one plus one: the resumed epoch starts from the first epoch's saved picture state.
     straight = _train(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "straight",
-                      *SHORT_FAITHFULNESS_CURVES, pictures=True)
+                      *SHORT_FAITHFULNESS, pictures=True)
     expected = _weights(straight.model)
 
     _train(run_cli, tiny_data, "--trainer.max_epochs", 1, "--trainer.logger.init_args.name", "resumed",
-           *SHORT_FAITHFULNESS_CURVES, pictures=True)
+           *SHORT_FAITHFULNESS, pictures=True)
     resumed = _train(
         run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.name", "resumed",
-        "--ckpt_path", "last", *SHORT_FAITHFULNESS_CURVES, pictures=True,
+        "--ckpt_path", "last", *SHORT_FAITHFULNESS, pictures=True,
     )
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == straight.trainer.global_step
