@@ -3,7 +3,9 @@
 - Two "nodes" (two processes, each in its own folder with its own copy of the
   data, as two machines would be) train to the same bits as one node with two
   processes, by Lightning's own environment variables and by torchrun, and only
-  global rank 0 writes logs, checkpoints and pictures.
+  global rank 0 writes logs, checkpoints and pictures. One node's val/acc,
+  confusion matrix and per-class accuracy are those of one process
+  validating the same (oddly sized) split: the ranks' counts are summed.
 - Under SLURM, SIGUSR1 makes Lightning save ``hpc_ckpt_<n>.ckpt`` in
   ``default_root_dir`` and requeue the job (``scontrol`` here is a stub that
   records its call and, like SLURM, then sends the job SIGTERM). The CLI turns
@@ -36,8 +38,10 @@ from tests.test_cli import tiny_args
 pytestmark = pytest.mark.xdist_group("test_cluster")
 
 CNN = REPO / "configs" / "cnn.yaml"
-# 72 tiny images, 12 validated; batches of 16 over 2 ranks: 2 steps an epoch, 2 epochs.
-TRAIN = ["--data.batch_size", "16", "--trainer.deterministic", "true", "--trainer.max_epochs", "2"]
+# 72 tiny images, 13 validated (an odd count: 2 ranks get shards of 7 and 6, and a padded shard would count
+# one image twice); batches of 16 over 2 ranks: 2 steps an epoch, 2 epochs.
+TRAIN = ["--data.batch_size", "16", "--data.val_size", "13", "--trainer.deterministic", "true",
+         "--trainer.max_epochs", "2"]
 DDP = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
 TIMEOUT = 300
 
@@ -90,6 +94,7 @@ def _assert_same_bits(actual: dict, expected: dict) -> None:
 
 
 def _assert_only_rank_zero_wrote(rank_zero: Path, others: list[Path]) -> None:
+    """One run folder (version_0) with one event file and two checkpoints; the others' folders hold only data."""
     run = _run_dir(rank_zero)
     assert run.name == "version_0"
     (events,) = run.glob("events.out.tfevents.*")
@@ -105,12 +110,37 @@ def _assert_only_rank_zero_wrote(rank_zero: Path, others: list[Path]) -> None:
 
 @pytest.fixture(scope="module")
 def one_node(tiny_data, tmp_path_factory) -> Path:
-    """One machine, two processes: Lightning launches the second itself."""
+    """One machine, two processes: Lightning launches the second itself.
+
+    Each rank also saves its validation confusion matrix to the machine's folder (it changes no bits).
+    """
     machine, data = _machine(tmp_path_factory.mktemp("one_node"), "node", tiny_data)
-    process = subprocess.Popen([sys.executable, *_command(data, "--trainer.devices", 2)], cwd=machine, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    saver = "--trainer.callbacks+=tests.fault_helpers.ConfusionMatrixSaver"
+    process = subprocess.Popen([sys.executable, *_command(data, "--trainer.devices", 2, saver)], cwd=machine,
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_all([process])
     return machine
+
+
+def test_one_node_synchronises_val_acc_and_the_confusion_matrix_over_its_ranks(one_node, run_cli):
+    events = EventAccumulator(str(_run_dir(one_node)))
+    events.Reload()
+    # One process validating the same 13 images from the last checkpoint counts what the DDP run logged.
+    single = run_cli("validate", *tiny_args(CNN, one_node / "data"), *TRAIN, *NO_PICTURES,
+                     "--ckpt_path", _run_dir(one_node) / "checkpoints" / "last.ckpt")
+    assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(events.Scalars("val/acc")[-1].value,
+                                                                              abs=1e-6)
+    # The confusion matrix (ConfusionMatrixPlot draws it) is summed over the ranks: each rank kept the
+    # whole split's matrix (13 images, not its shard's 7 or 6), the one a single process counts.
+    whole = single.model.confusion_matrices["val"]
+    assert int(whole.sum()) == 13
+    for rank in (0, 1):
+        assert torch.equal(torch.load(one_node / f"confusion_rank{rank}.pt", weights_only=True), whole), rank
+    # So is the per-class accuracy the DDP run logged (report.py reads these tags).
+    per_class = [tag for tag in single.trainer.callback_metrics if tag.startswith("val/acc_per_class/")]
+    assert per_class
+    for tag in per_class:
+        assert events.Scalars(tag)[-1].value == pytest.approx(float(single.trainer.callback_metrics[tag]), abs=1e-6)
 
 
 def test_two_nodes_by_environment_variables_train_to_the_same_bits_as_one_node(one_node, tiny_data, tmp_path):

@@ -24,7 +24,7 @@ CNN = REPO / "configs" / "cnn.yaml"
 SMALL = ["--data.batch_size", "16", "--trainer.deterministic", "true"]
 # The resume and crash tests run without the drawing callbacks (NO_PICTURES): they were half of each
 # tiny fit. That pictures leave the training stream alone is test_interpretability's and test_cli's
-# resume test's to show; the DDP test below keeps them (written once, on rank zero).
+# resume test's to show; test_cluster's DDP runs keep them (written once, on rank zero).
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -322,34 +322,3 @@ def test_an_unfreeze_stage_at_a_negative_epoch_exits_2(tiny_data, run_cli, tmp_p
         run_cli("fit", *tiny_args(config, tiny_data))
     assert exit_info.value.code == 2
     assert "epoch=-1" in capsys.readouterr().err
-
-
-def test_ddp_writes_once_and_synchronises_val_acc(tiny_data, run_cli, tmp_path):
-    # 13 validation images do not split evenly over 2 ranks: a padded shard would count one twice.
-    odd = ["--data.val_size", 13]
-    result = _cli_process(tmp_path, "fit", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--trainer.max_epochs", 2,
-                          "--trainer.devices", 2, "--trainer.strategy", "ddp",
-                          "--trainer.callbacks+=tests.fault_helpers.ConfusionMatrixSaver", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = list((tmp_path / "lightning_logs" / "cnn").iterdir())
-    assert [r.name for r in runs] == ["version_0"]
-    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1
-    checkpoints = sorted(p.name for p in (runs[0] / "checkpoints").iterdir())
-    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
-    events = EventAccumulator(str(runs[0]))
-    events.Reload()
-    logged = events.Scalars("val/acc")[-1].value
-    single = run_cli("validate", *tiny_args(CNN, tiny_data), *SMALL, *odd, "--ckpt_path",
-                     runs[0] / "checkpoints" / "last.ckpt")
-    assert float(single.trainer.callback_metrics["val/acc"]) == pytest.approx(logged, abs=1e-6)
-    # The confusion matrix (ConfusionMatrixPlot draws it) is summed over the ranks: each DDP rank kept the
-    # whole split's matrix (13 images, not its shard's 7 or 6), the one a single process counts.
-    whole = single.model.confusion_matrices["val"]
-    assert int(whole.sum()) == 13
-    for rank in (0, 1):
-        assert torch.equal(torch.load(tmp_path / f"confusion_rank{rank}.pt", weights_only=True), whole), rank
-    # So is the per-class accuracy the DDP run logged (report.py reads these tags).
-    per_class = [tag for tag in single.trainer.callback_metrics if tag.startswith("val/acc_per_class/")]
-    assert per_class
-    for tag in per_class:
-        assert events.Scalars(tag)[-1].value == pytest.approx(float(single.trainer.callback_metrics[tag]), abs=1e-6)
