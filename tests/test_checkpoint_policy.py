@@ -98,7 +98,8 @@ def test_last_with_a_pinned_version_resumes_that_run_only(tiny_data, run_cli, tm
     assert resumed.trainer.ckpt_path == str(Path("lightning_logs/cnn/version_1/checkpoints/last.ckpt"))
     assert resumed.trainer.global_step == 4 and Path(resumed.trainer.log_dir).name == "version_1"
     with pytest.raises(SystemExit):  # nothing to test in a pinned run without checkpoints
-        run_cli("test", *tiny_args(CNN, tiny_data), "--trainer.logger.init_args.version", 7, "--ckpt_path", "best")
+        run_cli("test", *tiny_args(CNN, tiny_data), *NO_PICTURES, "--trainer.logger.init_args.version", 7,
+                "--ckpt_path", "best")
 
 
 def test_default_root_dir_places_the_run_and_the_checkpoint_lookup(tiny_data, run_cli, tmp_path):
@@ -112,7 +113,7 @@ def test_default_root_dir_places_the_run_and_the_checkpoint_lookup(tiny_data, ru
     assert Path(resumed.trainer.log_dir) == Path("experiments/a/lightning_logs/cnn/version_0")
     assert resumed.trainer.global_step == 4  # continued from epoch 1, not started afresh
 
-    tested = run_cli("test", *tiny_args(CNN, tiny_data), *root, "--ckpt_path", "best")
+    tested = run_cli("test", *tiny_args(CNN, tiny_data), *NO_PICTURES, *root, "--ckpt_path", "best")
     assert Path(tested.trainer.log_dir) == Path("experiments/a/lightning_logs/cnn/version_0")
     assert (run / "config_test.yaml").is_file()  # beside the fit config, not over it
     # The run's saved config names the same place when run again: it is not nested a second time.

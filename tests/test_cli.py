@@ -248,7 +248,7 @@ def test_resume_from_last_continues_the_run_bit_exactly(tiny_data, run_cli, tmp_
 def test_test_with_best_finds_the_fitted_run(tiny_data, run_cli):
     fit = _train(run_cli, tiny_data, "--trainer.max_epochs", 2)
     best = fit.trainer.checkpoint_callback.best_model_path
-    cli = run_cli("test", *tiny_args(REPO / "configs/cnn.yaml", tiny_data), "--ckpt_path", "best")
+    cli = run_cli("test", *tiny_args(REPO / "configs/cnn.yaml", tiny_data), *NO_PICTURES, "--ckpt_path", "best")
     assert cli.trainer.ckpt_path == best
     assert Path(cli.trainer.log_dir) == Path(fit.trainer.log_dir)
 

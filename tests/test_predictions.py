@@ -18,7 +18,7 @@ import cli
 from callbacks import MistakeGallery
 from datamodules import CIFAR10DataModule
 from lightning_modules import CNNClassifier
-from tests.conftest import REPO, write_image_folder
+from tests.conftest import NO_PICTURES, REPO, pictures_off, write_image_folder
 from tests.pictures_helpers import grid_cells, tensorboard_images, tiny_trainer
 from tests.test_cli import tiny_args
 from visualization.attributions import gradcam, resolve_layers
@@ -40,9 +40,9 @@ SHORT_FIT = ["--trainer.max_epochs", 1, "--data.batch_size", 16, "--model.optimi
 
 @pytest.fixture(scope="module")
 def fitted(tiny_data, tmp_path_factory) -> Path:
-    """The last checkpoint of a one-epoch CNN run on the tiny data."""
+    """The last checkpoint of a one-epoch CNN run on the tiny data (its pictures are not read: none drawn)."""
     root = tmp_path_factory.mktemp("fitted")
-    fit = cli.main(["fit", *map(str, tiny_args(CNN, tiny_data)), *map(str, SHORT_FIT),
+    fit = cli.main(["fit", *map(str, tiny_args(CNN, tiny_data)), *map(str, SHORT_FIT), *NO_PICTURES,
                     "--trainer.default_root_dir", str(root)])
     return Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
 
@@ -80,7 +80,7 @@ def assert_rows_match(rows: list[dict[str, str]], probs: torch.Tensor, truths: l
 def test_predict_writes_the_test_split_to_the_run_folder(fitted, tiny_data, run_cli):
     # In fp32, as the forward pass it is compared with (on a bf16 CPU the automatic bf16-mixed moves a
     # probability by 1e-3; test_precision covers bf16).
-    predict = run_cli("predict", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted, *FP32)
+    predict = run_cli("predict", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted, *FP32, *NO_PICTURES)
     path = Path(predict.trainer.log_dir) / "predictions.csv"
     rows = read_csv(path)
     files = [tiny_data / "test" / name / f"{i:03d}.png" for name in CLASSES for i in range(6)]
@@ -99,7 +99,7 @@ def test_predict_dir_takes_any_size_names_broken_files_and_predicts_the_rest(fit
     # In fp32, as the forward pass it is compared with (bf16-mixed moved a probability by 1e-5).
     with pytest.warns(UserWarning, match=r"(?s)Skipping 1 unreadable.*broken\.png"):
         predict = run_cli("predict", *tiny_args(CNN_FAST, tiny_data), "--ckpt_path", fitted, "--data.predict_dir", mine,
-                          *FP32)
+                          *FP32, *NO_PICTURES)
     rows = read_csv(Path(predict.trainer.log_dir) / "predictions.csv")
     assert [r["file"] for r in rows] == ["big.jpg", "cat/a.png"]
     assert_rows_match(rows, model_probs(fitted, [mine / "big.jpg", mine / "cat" / "a.png"]), ["", "cat"])
@@ -144,7 +144,7 @@ def test_bad_predict_input_exits_2_with_a_hint(case, fitted, tiny_data, run_cli,
 
 
 def test_confusion_matrix_and_per_class_accuracy_match_a_hand_count(fitted, tiny_data, run_cli):
-    test = run_cli("test", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted)
+    test = run_cli("test", *tiny_args(CNN, tiny_data), "--ckpt_path", fitted, *pictures_off(keep=("confusion_matrix",)))
     files = [tiny_data / "test" / name / f"{i:03d}.png" for name in CLASSES for i in range(6)]
     truth = torch.tensor([CLASSES.index(f.parent.name) for f in files])
     preds = model_probs(fitted, files).argmax(dim=1)
