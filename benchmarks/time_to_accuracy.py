@@ -204,6 +204,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.target <= 1:
         parser.error(f"--target {args.target} is not an accuracy in (0, 1]; e.g. --target 0.8")
+    if not (args.data / "train").is_dir():  # before any side starts: the reference loop would fail with a traceback
+        parser.error(f"--data {args.data} holds no train/ folder of class folders.\n"
+                     "HINT: point --data at the folder with train/<class>/*.jpg, e.g. --data ../shared/cifar10-jpg")
     print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} at start")
     if args.configs:
         sides = {name: reference if name == REFERENCE_SIDE else functools.partial(recipe, name, extra=shlex.split(args.cli))

@@ -149,6 +149,18 @@ def test_time_to_accuracy_races_a_config_against_the_reference_loop_from_the_com
     assert [line.split(", ")[2].split(" at ")[0].replace(" ", "") for line in progress] == by_epoch["reference"]
 
 
+def test_time_to_accuracy_without_training_images_exits_2_naming_the_folder(tmp_path, monkeypatch, capsys):
+    from benchmarks import time_to_accuracy
+
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy", "--data", str(tmp_path / "nowhere"), "--configs",
+                                      "reference", "cnn_fast"])
+    with pytest.raises(SystemExit) as exit_info:
+        time_to_accuracy.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere holds no train/ folder" in err and "HINT:" in err
+
+
 def test_a_fit_too_short_for_the_warm_up_exits_2(tiny_data, run_cli, capsys):
     # 4 steps at pct_start 0.25 end the warm-up at step 0: an empty phase, which OneCycleLR divides by.
     with pytest.raises(SystemExit) as exit_info:
