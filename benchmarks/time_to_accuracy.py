@@ -145,8 +145,8 @@ def reference(args, seed: int) -> History:
 def recipe(config: str, args, seed: int, extra: Sequence[str] = ()) -> History:
     """One config from ``configs/`` through ``cli.py fit`` as a user runs it, stopped at the target.
 
-    The seed sets the split, the weights and the shuffle, as on the built-in sides. ``extra``:
-    more ``cli.py`` flags (the tests shrink the validation split with them).
+    The seed sets the split, the weights and the shuffle, and ``args.val_size`` the split's size, as on the
+    built-in sides. ``extra``: more ``cli.py`` flags.
     """
     import cli
 
@@ -155,6 +155,7 @@ def recipe(config: str, args, seed: int, extra: Sequence[str] = ()) -> History:
     with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as logs:
         argv = ["fit", "--config", str(path), "--data.data_dir", str(args.data), "--data.download", "false",
                 "--seed_everything", str(seed), "--data.split_seed", str(seed),
+                "--data.val_size", str(args.val_size),
                 "--trainer.default_root_dir", logs, "--trainer.enable_checkpointing", "false",
                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                 "--trainer.num_sanity_val_steps", "0", f"--trainer.callbacks+={json.dumps(stop)}"]
@@ -197,10 +198,9 @@ def main() -> None:
                         help=f"compare these recipes (configs/<NAME>.yaml or a path; '{REFERENCE_SIDE}' is the "
                              "reference loop) instead of ours and the reference loop; the speed-up is against the first")
     parser.add_argument("--val-size", type=int, default=5_000,
-                        help="validation images carved from train/ (the configs' own); with --configs, set it "
-                             "for the recipes too through --cli \"--data.val_size N\"")
+                        help="validation images carved from train/, on every side (the configs ship 5,000)")
     parser.add_argument("--cli", default="", metavar="FLAGS",
-                        help='more cli.py flags for every --configs side, as one string, e.g. "--data.val_size 1000"')
+                        help='more cli.py flags for every --configs side, as one string, e.g. "--trainer.precision 32-true"')
     args = parser.parse_args()
     if not 0 < args.target <= 1:
         parser.error(f"--target {args.target} is not an accuracy in (0, 1]; e.g. --target 0.8")
@@ -209,7 +209,8 @@ def main() -> None:
                      "HINT: point --data at the folder with train/<class>/*.jpg, e.g. --data ../shared/cifar10-jpg")
     print(f"{machine_line()}; load average {os.getloadavg()[0]:.1f} at start")
     if args.configs:
-        sides = {name: reference if name == REFERENCE_SIDE else functools.partial(recipe, name, extra=shlex.split(args.cli))
+        extra = shlex.split(args.cli)
+        sides = {name: reference if name == REFERENCE_SIDE else functools.partial(recipe, name, extra=extra)
                  for name in args.configs}
         baseline = args.configs[0]
     else:

@@ -121,8 +121,8 @@ def test_time_to_accuracy_runs_a_recipe_until_its_target(config, target, epochs_
     from benchmarks.time_to_accuracy import recipe, time_to_target
 
     monkeypatch.chdir(tmp_path)
-    args = Namespace(data=tiny_data, target=target, max_epochs=2)
-    history = recipe(config, args, 0, extra=["--data.val_size", "12", "--trainer.accelerator", "cpu", *NO_PICTURES])
+    args = Namespace(data=tiny_data, target=target, max_epochs=2, val_size=12)
+    history = recipe(config, args, 0, extra=["--trainer.accelerator", "cpu", *NO_PICTURES])
     assert [epoch for epoch, _, _ in history] == list(range(1, epochs_run + 1))
     seconds = [s for _, s, _ in history]
     assert seconds == sorted(seconds) and seconds[0] > 0
@@ -136,7 +136,7 @@ def test_time_to_accuracy_races_a_config_against_the_reference_loop_from_the_com
     # As users run it (python -m): the stop callback comes from the imported module, not __main__.
     command = [sys.executable, "-m", "benchmarks.time_to_accuracy", "--data", str(tiny_data), "--configs", "reference",
                "cnn_fast", "--target", "1.0", "--max-epochs", "2", "--val-size", "12",
-               "--cli", " ".join(["--data.val_size 12 --trainer.accelerator cpu", *NO_PICTURES])]
+               "--cli", " ".join(["--trainer.accelerator cpu", *NO_PICTURES])]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
