@@ -16,8 +16,14 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Keep CPU tests from oversubscribing the cores, which pytest-xdist's workers share (-n), and give
 # in-process runs the threads that the subprocesses they are compared with get: results are
 # bit-identical only at equal thread counts. At most 2: tiny models gain nothing from more.
+# A user's own OMP_NUM_THREADS is kept. The xdist controller imports this file too, before it knows
+# of any workers, and its workers inherit its environment: a value set here is marked, so that each
+# worker sizes its own instead of inheriting the controller's (2 threads in each of 2 workers made
+# OpenMP spin on 4 threads over 2 cores and doubled the suite's CPU time).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // _WORKERS))))
+_SET_HERE = "CIFAR_TESTS_SIZED_OMP_NUM_THREADS"
+if "OMP_NUM_THREADS" not in os.environ or os.environ.get(_SET_HERE) == os.environ["OMP_NUM_THREADS"]:
+    os.environ["OMP_NUM_THREADS"] = os.environ[_SET_HERE] = str(max(1, min(2, (os.cpu_count() or 2) // _WORKERS)))
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
