@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +14,25 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
-# Keep CPU tests from oversubscribing the cores, which pytest-xdist's workers share (-n), and give
-# in-process runs the threads that the subprocesses they are compared with get: results are
-# bit-identical only at equal thread counts. At most 2: tiny models gain nothing from more.
-# A user's own OMP_NUM_THREADS is kept. The xdist controller imports this file too, before it knows
-# of any workers, and its workers inherit its environment: a value set here is marked, so that each
-# worker sizes its own instead of inheriting the controller's (2 threads in each of 2 workers made
-# OpenMP spin on 4 threads over 2 cores and doubled the suite's CPU time).
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_SET_HERE = "CIFAR_TESTS_SIZED_OMP_NUM_THREADS"
-if "OMP_NUM_THREADS" not in os.environ or os.environ.get(_SET_HERE) == os.environ["OMP_NUM_THREADS"]:
-    os.environ["OMP_NUM_THREADS"] = os.environ[_SET_HERE] = str(max(1, min(2, (os.cpu_count() or 2) // _WORKERS)))
+_SIZED_HERE = "CIFAR_TESTS_SIZED_OMP_NUM_THREADS"
+
+
+def size_torch_threads(environ: MutableMapping[str, str], cpu_count: int) -> None:
+    """Set ``OMP_NUM_THREADS`` in ``environ`` to the cores per pytest-xdist worker, at most 2; a user's own is kept.
+
+    Keeps CPU tests from oversubscribing the cores that the workers share (-n), and gives in-process runs
+    the threads that the subprocesses they are compared with get: results are bit-identical only at equal
+    thread counts. Tiny models gain nothing from more than 2. The xdist controller imports this file too,
+    before it knows of any workers, and the workers inherit its environment: a value set here is marked, so
+    that each worker sizes its own instead of keeping the controller's (2 threads in each of 2 workers made
+    OpenMP spin 4 threads on 2 cores and doubled the suite's CPU time).
+    """
+    workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "OMP_NUM_THREADS" not in environ or environ.get(_SIZED_HERE) == environ["OMP_NUM_THREADS"]:
+        environ["OMP_NUM_THREADS"] = environ[_SIZED_HERE] = str(max(1, min(2, cpu_count // workers)))
+
+
+size_torch_threads(os.environ, os.cpu_count() or 2)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import NO_PICTURES, REPO
+from tests.conftest import NO_PICTURES, REPO, size_torch_threads
 from tests.fault_helpers import BatchesTrainedRecorder, WarningFiltersRecorder
 from tests.test_cli import tiny_args
 
@@ -46,3 +46,21 @@ def test_a_crash_and_a_mid_epoch_resume_leave_warning_filters_and_threads_as_fou
     # Lightning knows the training loader resumes mid-epoch, so it has nothing to warn about.
     assert not [w for w in caught if "not resumable" in str(w.message)]
     assert torch.get_num_threads() == threads
+
+
+def test_each_xdist_worker_sizes_its_own_threads_and_a_users_setting_is_kept():
+    controller: dict[str, str] = {}
+    size_torch_threads(controller, cpu_count=2)  # the controller, before it starts workers
+    assert controller["OMP_NUM_THREADS"] == "2"
+    workers = []
+    for _ in range(2):  # each worker starts with a copy of the controller's environment
+        worker = {**controller, "PYTEST_XDIST_WORKER_COUNT": "2"}
+        size_torch_threads(worker, cpu_count=2)
+        workers.append(int(worker["OMP_NUM_THREADS"]))
+    assert workers == [1, 1]  # not 2 each: 4 OpenMP threads on 2 cores
+    user = {"OMP_NUM_THREADS": "2", "PYTEST_XDIST_WORKER_COUNT": "2"}
+    size_torch_threads(user, cpu_count=2)
+    assert user["OMP_NUM_THREADS"] == "2"
+    one_worker = {**controller, "PYTEST_XDIST_WORKER_COUNT": "1"}
+    size_torch_threads(one_worker, cpu_count=8)
+    assert one_worker["OMP_NUM_THREADS"] == "2"  # at most 2
