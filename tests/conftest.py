@@ -35,6 +35,31 @@ def size_torch_threads(environ: MutableMapping[str, str], cpu_count: int) -> Non
 size_torch_threads(os.environ, os.cpu_count() or 2)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# The suite's longest tests and xdist groups, longest first (docs/test_durations.md): they are collected
+# first. pytest-xdist hands tests out in collection order as workers free up, so a long test collected
+# late ran alone at the end while the other worker idled; with the long ones first, the short ones fill
+# the end. A node id prefix that no longer matches anything moves nothing.
+LONGEST_FIRST = (
+    "tests/test_cluster.py",  # one xdist group: 2-process DDP runs, two nodes, torchrun
+    "tests/test_gpu_check.py::test_smoke_run",
+    "tests/test_predictions.py",  # one xdist group: its fixture's fit and a DDP predict
+    "tests/test_unfreeze.py::test_ddp_replicas",
+    "tests/test_robustness.py",  # the straight-run group, the signal and DDP NaN runs
+    "tests/test_pointing_game.py",
+    "tests/test_cli.py::test_every_config_fits_tests_and_draws",
+    "tests/test_attributions.py::test_a_compiled_network",
+    "tests/test_recipes.py",
+    "tests/test_cli.py",
+    "tests/test_unfreeze.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a rank is pytest's
+
 
 @pytest.fixture
 def one_thread():
