@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
+import runpy
 import sys
 
+import pytest
+import torch
 import yaml
 
 from benchmarks import gpu_check
 from tests.conftest import REPO
 
 
-def test_smoke_run_fills_every_row_without_an_error(tmp_path):
+def test_smoke_run_fills_every_row_without_an_error(tmp_path, capsys, monkeypatch, one_thread):
+    # In this process (the script's main, as `python -m benchmarks.gpu_check` calls it): its recipe, DDP and
+    # test rows start `cli.py` processes of their own, as on the GPU, one thread each.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "table.md"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--work", str(tmp_path / "work"),
-                             "--out", str(out), "--budget", "600"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout
+    gpu_check.main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--budget", "600"])
+    table = capsys.readouterr().out
     assert out.read_text().strip() == table.strip()  # the file is the printed table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| check")]
     assert len(rows) == 10
@@ -41,6 +42,17 @@ def test_smoke_run_fills_every_row_without_an_error(tmp_path):
     (test,) = by_check["test"]
     assert "test/acc" in test
     assert "36 training files (30 trained, 6 validated) from 12 generated noise images, tiled" in table
+
+
+def test_run_as_a_module_without_a_gpu_exits_2_and_points_at_smoke(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
+    monkeypatch.delitem(sys.modules, "benchmarks.gpu_check")  # run afresh, as a new process would; put back after
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("benchmarks.gpu_check", run_name="__main__")  # what `python -m benchmarks.gpu_check` runs
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "HINT: add --smoke" in err
 
 
 def test_a_failing_row_prints_its_error_and_the_next_row_runs(tmp_path):
