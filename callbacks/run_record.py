@@ -35,6 +35,7 @@ import lightning as L
 import torch
 import torchvision
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from precision_choice import cpu_bf16_feature
@@ -242,6 +243,11 @@ class RunRecorder(L.Callback):
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         if loader is None:
             return
+        if isinstance(loader, DataLoader) and loader.num_workers > 0:
+            # The same batches in this process. Iterated, the loader would fork its workers anew for a few
+            # batches (validation has shut them down by now) and, persistent, keep them: the processes then
+            # outlived the fit, and their shutdown at a later garbage collection waited 5 s a worker.
+            loader = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
         for index, batch in enumerate(loader):
             if index == self.inference_batches:
                 return
