@@ -35,6 +35,29 @@ def size_torch_threads(environ: MutableMapping[str, str], cpu_count: int) -> Non
 size_torch_threads(os.environ, os.cpu_count() or 2)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+
+def ram_temp_root(candidate: Path = Path("/dev/shm"), room: int = 2 << 30) -> Path | None:
+    """``candidate`` if it is a writable folder in RAM with ``room`` bytes free, else None.
+
+    The suite writes about 3.5 GB of checkpoints, each fsynced (AtomicCheckpointIO). On this project's
+    development machine (ext4 with online discard) a test that only parsed a config waited up to 20 s behind
+    other tests' writes; in RAM they cost nothing. The tests' folders of a passing run are removed as they
+    pass (``tmp_path_retention_policy`` in pyproject.toml), so a run holds far less than the total at once.
+    """
+    try:
+        stats = os.statvfs(candidate)
+    except OSError:  # no such folder: not Linux
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    return candidate if free >= room and os.access(candidate, os.W_OK) and candidate.is_dir() else None
+
+
+# pytest reads PYTEST_DEBUG_TEMPROOT when it makes its first temporary folder, after this file is imported;
+# a user's own setting, or --basetemp, wins. pytest < 7.3 keeps every test's folder (no retention policy).
+_PYTEST = tuple(int(part) for part in pytest.__version__.split(".")[:2])
+if "PYTEST_DEBUG_TEMPROOT" not in os.environ and _PYTEST >= (7, 3) and (root := ram_temp_root()):
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
+
 # The suite's longest tests and xdist groups, longest first (docs/test_durations.md): they are collected
 # first. pytest-xdist hands tests out in collection order as workers free up, so a long test collected
 # late ran alone at the end while the other worker idled; with the long ones first, the short ones fill

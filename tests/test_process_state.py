@@ -7,12 +7,14 @@ classes in their own programs and notebooks.
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import NO_PICTURES, REPO, size_torch_threads
+from tests.conftest import NO_PICTURES, REPO, ram_temp_root, size_torch_threads
 from tests.fault_helpers import BatchesTrainedRecorder, WarningFiltersRecorder
 from tests.test_cli import tiny_args
 
@@ -64,3 +66,12 @@ def test_each_xdist_worker_sizes_its_own_threads_and_a_users_setting_is_kept():
     one_worker = {**controller, "PYTEST_XDIST_WORKER_COUNT": "1"}
     size_torch_threads(one_worker, cpu_count=8)
     assert one_worker["OMP_NUM_THREADS"] == "2"  # at most 2
+
+
+def test_the_temporary_folders_go_to_ram_only_where_there_is_room(tmp_path):
+    assert ram_temp_root(tmp_path, room=1) == tmp_path
+    assert ram_temp_root(tmp_path, room=1 << 60) is None  # more than any disk or RAM holds
+    assert ram_temp_root(tmp_path / "missing", room=1) is None
+    root = os.environ.get("PYTEST_DEBUG_TEMPROOT")
+    if root:  # chosen by conftest, or by the user: pytest made this test's folder there
+        assert tmp_path.resolve().is_relative_to(Path(root).resolve())
