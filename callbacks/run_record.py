@@ -247,7 +247,10 @@ class RunRecorder(L.Callback):
             # The same batches in this process. Iterated, the loader would fork its workers anew for a few
             # batches (validation has shut them down by now) and, persistent, keep them: the processes then
             # outlived the fit, and their shutdown at a later garbage collection waited 5 s a worker.
-            loader = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
+            # Without a batch sampler (batch_size=None) the loader yields its samples unbatched; so does this one.
+            batching = ({"batch_sampler": loader.batch_sampler} if loader.batch_sampler is not None
+                        else {"sampler": loader.sampler, "batch_size": None})
+            loader = DataLoader(loader.dataset, collate_fn=loader.collate_fn, **batching)
         for index, batch in enumerate(loader):
             if index == self.inference_batches:
                 return
