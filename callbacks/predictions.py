@@ -26,7 +26,9 @@ from torch import distributed
 from callbacks.fault_tolerance import replaced_atomically
 from typing_extensions import override
 
-__all__ = ["PredictionWriter", "prediction_rows"]
+__all__ = ["PREDICTIONS_FILE", "PredictionWriter", "prediction_rows"]
+
+PREDICTIONS_FILE = "predictions.csv"  # in the run's folder; the report reads it back
 
 
 def prediction_rows(
@@ -81,7 +83,7 @@ class PredictionWriter(BasePredictionWriter):
         top_k: Classes listed per image.
     """
 
-    def __init__(self, filename: str = "predictions.csv", output_dir: str | None = None, top_k: int = 3) -> None:
+    def __init__(self, filename: str = PREDICTIONS_FILE, output_dir: str | None = None, top_k: int = 3) -> None:
         super().__init__(write_interval="batch")
         if top_k < 1:
             raise ValueError(f"top_k={top_k} must be at least 1.\nHINT: e.g. top_k: 3.")

@@ -8,7 +8,8 @@ run carry those numbers:
   with their hyperparameters, seed, config name, hardware and library versions;
   rewritten at the end of fit with the totals and the inference speed.
 - ``time/epoch_seconds`` at each training epoch end (training plus its
-  validation), and ``time/elapsed_seconds`` at each validation end: the training
+  validation) with ``time/load_average`` (the machine's 1-minute load then),
+  and ``time/elapsed_seconds`` at each validation end: the training
   wall time until that ``val/acc`` was known, so accuracy against wall time can
   be read back from TensorBoard by step.
 - ``perf/inference_images_per_second`` after fit, measured on a few validation
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -154,6 +156,7 @@ class RunRecorder(L.Callback):
             "hardware": hardware(pl_module.device),
             "versions": versions(),
             "resumed_from": trainer.ckpt_path,
+            "commit": _commit(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "finished_at": None,
         }
@@ -187,6 +190,8 @@ class RunRecorder(L.Callback):
         self.elapsed_seconds += seconds
         self.epochs_timed += 1
         pl_module.log("time/epoch_seconds", seconds, on_epoch=True, rank_zero_only=True)
+        if hasattr(os, "getloadavg"):  # how busy the machine was: seconds under load are not quiet seconds
+            pl_module.log("time/load_average", os.getloadavg()[0], on_epoch=True, rank_zero_only=True)
 
     # ---- inference speed ------------------------------------------------------------------
 
@@ -258,6 +263,20 @@ class RunRecorder(L.Callback):
             if datamodule is not None:  # the same float conversion and pixel permutation as validation
                 batch = datamodule.on_after_batch_transfer(batch, 0)
             yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _commit() -> str | None:
+    """The project's git commit, ``+dirty`` with uncommitted changes; ``None`` outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _global_seed() -> int | None:

@@ -15,6 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import report
+from reporting.runs import read_run
 from report_statistics import paired_bootstrap
 from datamodules import CIFAR10DataModule
 from tests.conftest import NO_PICTURES, REPO
@@ -24,7 +25,7 @@ from tests.conftest import NO_PICTURES, REPO
 pytestmark = pytest.mark.xdist_group("test_report")
 
 THRESHOLDS = (0.01, 0.99)
-TEST_ACC = "test acc (%), mean ± 95 % interval"  # the README table's column
+TEST_ACC = "test acc (%) [95 % interval]"  # the README table's column
 # The report reads scalars and run.json only: the drawing callbacks (half of a tiny fit) stay off.
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", *NO_PICTURES]
@@ -74,7 +75,7 @@ def _row(table: str, config: str) -> dict[str, str]:
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
     header = rows[0]
     for cells in rows:
-        if cells[0] == config:
+        if cells[0].strip("`") == config:
             return dict(zip(header, cells))
     raise AssertionError(f"no row for {config} in\n{table}")
 
@@ -188,7 +189,7 @@ def test_markdown_only_prints_the_tables_and_writes_nothing(logs, tmp_path, caps
     assert printed.startswith("\n\n".join(readme))
     assert report.main([str(copy), "--details-only"]) is None
     printed = capsys.readouterr().out
-    assert report.markdown_table(groups, report.DEFAULT_THRESHOLDS) in printed
+    assert report.wide_table(groups, report.DEFAULT_THRESHOLDS) in printed
     assert [column for column in _row(printed, "cnn") if column.startswith("to ")] == [
         "to 50 % val/acc", "to 70 % val/acc", "to 80 % val/acc"]
     assert sorted(str(p) for p in copy.rglob("*")) == before
@@ -351,7 +352,7 @@ def test_validate_and_test_logging_into_a_fitted_run_leave_its_history_alone(log
     copy = tmp_path / "logs"
     shutil.copytree(logdir, copy, ignore=shutil.ignore_patterns("report"))
     fitted = copy / "cnn" / "version_0"
-    before = report.read_run(fitted, THRESHOLDS)
+    before = read_run(fitted, THRESHOLDS)
     best = next((fitted / "checkpoints").glob("best*.ckpt"))
     for subcommand in ("validate", "test"):
         args = [subcommand, "--config", REPO / "configs" / "cnn.yaml", "--data.data_dir", tiny_data,
@@ -360,7 +361,7 @@ def test_validate_and_test_logging_into_a_fitted_run_leave_its_history_alone(log
         cli.main([str(arg) for arg in args])
     assert len(list(fitted.glob("events.out.tfevents.*"))) == 3
 
-    after = report.read_run(fitted, THRESHOLDS)
+    after = read_run(fitted, THRESHOLDS)
     assert (after.epochs, after.val_acc, after.elapsed_seconds) == (before.epochs, before.val_acc, before.elapsed_seconds)
     assert after.epochs_trained == 2
     assert before.test_acc is None
@@ -381,8 +382,8 @@ def test_a_run_moved_to_another_folder_is_reported_under_that_folder(logs, tmp_p
     moved = tmp_path / "logs" / "cnn_no_augmentation" / "version_0"
     shutil.copytree(logdir / "cnn" / "version_0", moved, ignore=shutil.ignore_patterns("*.ckpt"))
     assert json.loads((moved / "run.json").read_text())["config_name"] == "cnn"  # what the run was logged as
-    assert report.read_run(moved, THRESHOLDS).config == "cnn_no_augmentation"
-    assert "| cnn_no_augmentation |" in report.results_markdown(tmp_path / "logs", THRESHOLDS)
+    assert read_run(moved, THRESHOLDS).config == "cnn_no_augmentation"
+    assert "| `cnn_no_augmentation` |" in report.results_markdown(tmp_path / "logs", THRESHOLDS)
 
 
 # ---- test accuracy, intervals and paired comparisons, on runs written by hand -------------------------------------
@@ -456,19 +457,19 @@ def test_the_readme_table_gives_test_accuracy_with_a_t_interval(tmp_path):
     printed = report.results_markdown(logdir)
     cnn = _row(printed, "cnn_fast")
     # Mean 82 %, sample std 2 points, t(2) = 4.3027: half-width 4.3027 * 2 / sqrt(3) = 4.97 points.
-    assert cnn[TEST_ACC] == "82.00 ± 4.97"
-    assert (cnn["seeds"], cnn["epochs"], cnn["parameters"]) == ("0, 1, 2", "2", "1,000")
-    assert cnn["s/epoch"] == "15.5"  # (15 + 15.5 + 16) / 3: a run's median of two epochs is their mean
+    assert cnn[TEST_ACC] == "82.00 [77.03, 86.97] (3 seeds)"
+    assert (cnn["epochs"], cnn["parameters"]) == ("2", "1,000")
+    assert cnn["training time"] == "31 s"  # the fits' epochs: 30, 31 and 32 s
     assert cnn["source's test acc (%)"] == "80.98 @ 20 ep; 84.68 @ 50 ep"
-    assert _row(printed, "mlp")[TEST_ACC] == "55.66"  # one seed: no interval
-    assert _row(printed, "lenet")[TEST_ACC] == "62.00 (1/2 tested)"
+    assert _row(printed, "mlp")[TEST_ACC] == "55.66 (1 seed)"  # one seed: no interval
+    assert _row(printed, "lenet")[TEST_ACC] == "62.00 (1 seed), 1 untested"
     assert "Paired comparisons" not in printed  # no pair of an attention config and its base
 
 
 def test_a_runs_epoch_time_is_its_median_so_one_slowed_epoch_does_not_move_it(tmp_path):
     logdir = tmp_path / "logs"
     _fake_run(logdir, "cnn_fast", "version_0", 0, test_acc=0.8, epoch_seconds=(100.0, 104.0, 3036.0, 98.0, 101.0))
-    assert _row(report.results_markdown(logdir), "cnn_fast")["s/epoch"] == "101.0"  # the mean would be 687.8
+    assert _row(report.details_markdown(logdir), "cnn_fast")["s/epoch"] == "101.0"  # the mean would be 687.8
 
 
 def test_paired_comparison_reads_the_runs_predictions(attention_logs):
@@ -483,6 +484,7 @@ def test_paired_comparison_reads_the_runs_predictions(attention_logs):
         f"+16.67 [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]")
     assert row["p"] == f"{expected.p_value:.2g}"
     assert row["runs"] == "2 vs 2 on 12 images"
+    assert row["the interval holds"] == "test images and seeds"
     # Exact McNemar by hand: 5 vs 1 discordant images gives 2 * (1 + 6) / 64; 3 vs 3 gives 1 (capped).
     assert row["McNemar per seed"] == "seed 0: 5 vs 1, p = 0.22; seed 1: 3 vs 3, p = 1"
     assert row["parameters"] == "1,100 vs 1,000 (×1.100)"
@@ -523,7 +525,7 @@ def test_details_only_prints_docs_results_and_the_report_holds_both(attention_lo
     readme, every_column = text.split("## Every column")
     printed = report.results_markdown(attention_logs)
     # Two seeds at 10/12 and 9/12: half-width t(1) * |83.33 - 75| / 2 = 12.706 * 4.17 points.
-    assert _row(readme, "cnn_se_fast")[TEST_ACC] == _row(printed, "cnn_se_fast")[TEST_ACC] == "79.17 ± 52.94"
+    assert _row(readme, "cnn_se_fast")[TEST_ACC] == _row(printed, "cnn_se_fast")[TEST_ACC] == "79.17 [26.22, 132.11] (2 seeds)"
     assert _row(every_column, "lenet")["test/acc (%)"] == "61.25"
     summary = json.loads((path.parent / "report.json").read_text())
     (comparison,) = summary["comparisons"]

@@ -1,0 +1,137 @@
+"""Run records under results/: written from real runs, read back into the same tables, and the README's source."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import report
+from reporting import records
+from tests.conftest import REPO
+from tests.test_report import CNN, FAST, SE, _bits, _fake_run
+
+pytestmark = pytest.mark.xdist_group("test_records")
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_data, tmp_path_factory):
+    """An MLP fitted for 2 epochs, tested and predicted, as a user publishes a run; then its record."""
+    import cli
+
+    root = tmp_path_factory.mktemp("records")
+    logdir = root / "logs"
+    args = ["--config", REPO / "configs" / "mlp.yaml", "--data.data_dir", tiny_data, "--data.val_size", 12,
+            "--data.batch_size", 16, "--trainer.max_epochs", 2, "--trainer.logger.init_args.save_dir", logdir,
+            *FAST]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        cli.main([str(arg) for arg in ["fit", *args]])
+        for step in ("test", "predict"):
+            cli.main([str(arg) for arg in [step, *args, "--ckpt_path", "best"]])
+    results = root / "results"
+    assert report.main([str(logdir), "--record-to", str(results), "--commit", "abc123"]) is None
+    (path,) = results.glob("*/*.json")
+    return logdir / "mlp" / "version_0", path, json.loads(path.read_text())
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_a_record_holds_the_runs_own_numbers(recorded):
+    run_dir, path, record = recorded
+    assert path.relative_to(path.parent.parent) == Path("mlp/version_0.json")
+    fit = _events(run_dir)
+    val_acc = [event.value for event in fit.Scalars("val/acc")]
+    assert [epoch["val_acc"] for epoch in record["epochs"]] == pytest.approx(val_acc)
+    assert [epoch["epoch"] for epoch in record["epochs"]] == [1, 2]
+    assert all(epoch["train_loss"] is not None and epoch["learning_rate"] == pytest.approx(1e-3)
+               for epoch in record["epochs"])
+    assert record["best_val_acc"] == pytest.approx(max(val_acc))
+    # The test split's six images a class, as `predict` wrote them, and as `test` scored them.
+    with (run_dir / "predictions.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    classes = sorted({row["true"] for row in rows})
+    packed = record["test_predictions"]
+    top1 = records._unpacked(packed["top1"], packed["count"])
+    labels = records._unpacked(packed["labels"], packed["count"])
+    assert [classes[i] for i in top1] == [row["top1"] for row in rows]
+    assert [classes[i] for i in labels] == [row["true"] for row in rows]
+    assert record["test"]["acc"] == pytest.approx(float(np.mean(top1 == labels)), abs=1e-6)
+    assert set(record["test"]["acc_per_class"]) == set(classes)
+    # What a reader needs to run it again; the commit given for a run.json that names none.
+    assert record["commit"] == "abc123" or record["commit"].startswith(json.loads(
+        (run_dir / "run.json").read_text())["commit"][:7])
+    assert record["overrides"]["trainer.max_epochs"] == 2 and record["overrides"]["data.val_size"] == 12
+    assert not any(key.startswith("trainer.logger") for key in record["overrides"])
+    assert record["reproduce"][0].startswith("python cli.py fit --config configs/mlp.yaml ")
+    assert "--trainer.max_epochs 2" in record["reproduce"][0]
+    assert record["reproduce"][1].endswith("--ckpt_path best") and " test " in record["reproduce"][1]
+    assert (record["seed"], record["precision"]) == (0, json.loads((run_dir / "run.json").read_text())["precision"])
+
+
+def test_the_tables_from_records_equal_those_from_the_log_folders(recorded):
+    run_dir, path, record = recorded
+    from_logs = report.results_markdown(run_dir.parent.parent)
+    from_records = report.results_markdown(path.parent.parent)
+    # A record names its row by what was run: the config file and the overrides that change the training.
+    recipe = records.recipe_of(record)
+    assert recipe == "mlp.yaml --data.batch_size 16 --data.val_size 12 --trainer.max_epochs 2"
+    assert from_records == from_logs.replace("| `mlp` |", f"| `{recipe}` |")
+    assert report.details_markdown(path.parent.parent) == report.details_markdown(run_dir.parent.parent)
+
+
+def test_paired_comparisons_are_recomputed_from_records_alone(tmp_path):
+    """The records of four runs give the comparison their log folders gave, with the folders gone."""
+    logdir = tmp_path / "logs"
+    for seed in (0, 1):
+        _fake_run(logdir, "cnn_se_fast", f"seed{seed}", seed, test_acc=SE[seed].count("1") / 12, right=_bits(SE[seed]))
+        _fake_run(logdir, "cnn_fast", f"seed{seed}", seed, test_acc=CNN[seed].count("1") / 12, right=_bits(CNN[seed]))
+    expected = report.results_markdown(logdir, resamples=500)
+    written, skipped = report.record_runs(logdir, tmp_path / "results")
+    assert len(written) == 4 and not skipped
+    for folder in logdir.glob("*/*"):
+        (folder / "predictions.csv").unlink()
+    table = [block for block in report.results_markdown(tmp_path / "results", resamples=500).split("\n\n")
+             if block.startswith("| comparison |")]
+    assert table == [block for block in expected.split("\n\n") if block.startswith("| comparison |")]
+    assert "+16.67 [" in table[0]
+
+
+def test_runs_that_cannot_be_published_are_named_not_recorded(tmp_path, capsys):
+    logdir = tmp_path / "logs"
+    _fake_run(logdir, "cnn_fast", "untested", 0, test_acc=None, right=_bits("1100"))
+    _fake_run(logdir, "cnn_fast", "unpredicted", 1, test_acc=0.5)
+    assert report.main([str(logdir), "--record-to", str(tmp_path / "results")]) is None
+    err = capsys.readouterr().err
+    assert "cnn_fast/untested: not tested" in err and "cnn_fast/unpredicted: no predictions.csv" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_file_that_is_not_a_record_is_named(tmp_path):
+    (tmp_path / "cnn").mkdir()
+    (tmp_path / "cnn" / "notes.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(report.ReportError, match=r"cnn/notes.json: not a run record of format 1 \(format 99\)"):
+        report.results_markdown(tmp_path)
+
+
+def _block(text: str, command: str) -> str:
+    match = re.search(rf"<!-- {re.escape(command)} -->\n\n(.*?)\n<!-- end of report.py's output -->", text, re.S)
+    assert match, f"no block '<!-- {command} -->' ... '<!-- end of report.py's output -->'"
+    return match.group(1)
+
+
+def test_the_readme_and_docs_publish_the_records_as_report_py_prints_them():
+    """Edit results/, then paste `python report.py results --markdown-only` (and --details-only) in again."""
+    readme = _block((REPO / "README.md").read_text(), "python report.py results --markdown-only")
+    assert readme == report.results_markdown(REPO / "results")
+    details = _block((REPO / "docs" / "results.md").read_text(), "python report.py results --details-only")
+    assert details == report.details_markdown(REPO / "results")
