@@ -66,6 +66,12 @@ class ImageClassifier(L.LightningModule):
         compile: Run the network through ``torch.compile`` (pays a compile at
             start; helps on GPUs, measured slower on small CPUs). Kept as
             ``compile_net``: ``compile`` is an ``nn.Module`` method.
+        test_time_flip: Under ``test``, also classify each image's mirror and
+            log the averaged prediction's accuracy as ``test/acc_flip``, beside
+            the plain ``test/acc``, which it never replaces. Costs a second
+            forward pass. Refused on pixel-permuted data, where a mirror of the
+            model's input is not a mirror of the image.
+            A test-time option: ``cli.py test ... --model.test_time_flip true``.
     """
 
     # Metric the scheduler watches; validation drives every training decision.
@@ -82,6 +88,7 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -114,6 +121,8 @@ class ImageClassifier(L.LightningModule):
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None, **checks)
         self.val_confusion = MulticlassConfusionMatrix(num_classes, **checks)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, **checks)
+        self.test_time_flip = test_time_flip
+        self.test_acc_flip = MulticlassAccuracy(num_classes, average="micro", **checks)
         # The latest epoch's matrix per stage ("val", "test"), CPU int64, for ConfusionMatrixPlot.
         self.confusion_matrices: dict[str, torch.Tensor] = {}
         self.train_loss = _WeightedMean()
@@ -190,7 +199,19 @@ class ImageClassifier(L.LightningModule):
         getattr(self, f"{stage}_confusion").update(preds, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
+        if stage == "test" and self.test_time_flip:
+            # Mirror along the width; the averaged probabilities are a second number, not the test number.
+            flipped = self(batch[0].flip(-1)).softmax(dim=1)
+            self.test_acc_flip((logits.softmax(dim=1) + flipped).argmax(dim=1), labels)
+            self.log("test/acc_flip", self.test_acc_flip, on_epoch=True)
         return {"probs": logits.detach().softmax(dim=1), "labels": labels}
+
+    def on_test_start(self) -> None:
+        if self.test_time_flip and getattr(self.trainer.datamodule, "permute_pixels", False):
+            raise UserInputError(
+                "test_time_flip mirrors the model's input, which on pixel-permuted data is not the image's mirror.\n"
+                "HINT: leave --model.test_time_flip out for permuted configs."
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._per_class_epoch_end("val")

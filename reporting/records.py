@@ -169,7 +169,8 @@ def record_of(run_dir: Path, commit: str | None = None) -> dict[str, Any]:
         "best_epoch": run.best_epoch,
         "best_val_acc": run.best_val_acc,
         "val_acc_per_class_at_best": run.val_acc_per_class,
-        "test": {"loss": run.test_loss, "acc": run.test_acc, "acc_per_class": run.test_acc_per_class},
+        "test": {"loss": run.test_loss, "acc": run.test_acc, "acc_per_class": run.test_acc_per_class,
+                 "acc_flip": run.test_acc_flip},
         "test_predictions": {
             "count": len(predictions.top1),
             "images_sha256": predictions.images,
@@ -227,6 +228,7 @@ def read_record(path: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) ->
         train_acc=[epoch["train_acc"] for epoch in epochs],
         learning_rate=[epoch["learning_rate"] for epoch in epochs],
         test_loss=record["test"]["loss"],
+        test_acc_flip=record["test"].get("acc_flip"),
         precision=record["precision"],
         load_average=record.get("load_average"),
         predictions=TestPredictions(packed["images_sha256"], _unpacked(packed["top1"], packed["count"]),

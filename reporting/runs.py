@@ -97,6 +97,7 @@ class Run:
     train_acc: list[float | None] = field(default_factory=list)
     learning_rate: list[float | None] = field(default_factory=list)
     test_loss: float | None = None
+    test_acc_flip: float | None = None  # `test --model.test_time_flip true`: never in test_acc's place
     predictions: TestPredictions | None = None  # from a record; a log folder keeps them in predictions.csv
     precision: str | None = None
     load_average: float | None = None  # the machine's mean 1-minute load over the epochs; None: not recorded
@@ -223,6 +224,8 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     test_events = next((events for events in reversed(evaluations) if _scalars(events, "test/acc")), accumulator)
     inference = _scalars(accumulator, "perf/inference_images_per_second")
     test_loss = _scalars(test_events, "test/loss")
+    test_acc_flip = next((found for events in reversed(evaluations) if (found := _scalars(events, "test/acc_flip"))),
+                         None)
     steps = [step for step, _ in val_acc]
     run = Run(
         config=version_dir.parent.name,  # the folder, as TensorBoard names it: moving a run regroups it
@@ -245,6 +248,7 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
         train_acc=_at_steps(accumulator, "train/acc", steps),
         learning_rate=_learning_rate_at(accumulator, steps),
         test_loss=test_loss[-1][1] if test_loss else None,
+        test_acc_flip=test_acc_flip[-1][1] if test_acc_flip else None,
         precision=record.get("precision"),
         load_average=statistics.fmean(loads) if (loads := [v for _, v in _scalars(accumulator, "time/load_average")])
         else None,

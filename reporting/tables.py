@@ -109,6 +109,10 @@ def wide_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> str
               "SPEC: source's test acc (%)", "test/acc (%)", "epochs", "s/epoch"]
     header += [f"to {100 * t:g} % val/acc" for t in thresholds]
     header += ["inference img/s"]
+    # Flip test-time augmentation gets its own column, only where a run measured it.
+    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+    if flip:
+        header.insert(header.index("test/acc (%)") + 1, "test/acc with flip TTA (%)")
     rows = []
     for config, runs in groups.items():
         rows.append([
@@ -118,6 +122,7 @@ def wide_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> str
             _cell([float(run.best_epoch) for run in runs], _epochs),
             spec_cell(config),
             _cell([run.test_acc for run in runs], _percent),
+            *([_cell([run.test_acc_flip for run in runs], _percent)] if flip else []),
             _cell([float(run.epochs_trained) for run in runs], _epochs),
             _cell([run.seconds_per_epoch for run in runs], lambda v: f"{v:.1f}"),
             *(_time_to_cell(runs, f"{t:g}") for t in thresholds),
