@@ -137,9 +137,9 @@ COMPARISON_NOTE = (
 
 
 def _readme_lines(groups: dict[str, list[Run]], comparisons: Sequence[Comparison], notes: Sequence[str],
-                  resamples: int, seed: int) -> list[str]:
+                  resamples: int, seed: int, missing: dict[str, str] | None = None) -> list[str]:
     """The README's results: the compact table, the paired comparisons, and what was not compared."""
-    lines = [results_table(groups), "", TEST_ACCURACY_NOTE]
+    lines = [results_table(groups, missing), "", TEST_ACCURACY_NOTE]
     if comparisons:
         lines += ["", comparison_table(groups, comparisons), "", COMPARISON_NOTE.format(resamples=resamples, seed=seed)]
     if notes:
@@ -185,7 +185,7 @@ def results_markdown(
     """The README's results as Markdown, read from the logs; writes nothing (``--markdown-only``).
 
     Args:
-        logdir: The runs' save_dir.
+        logdir: ``results`` (the records: every shipped config gets a row) or the runs' save_dir.
         thresholds: As ``write_report``; they only decide which runs are readable here.
         pairs: ``(first, second)`` configs to compare; ``None``: ``DEFAULT_COMPARISONS`` that have runs.
         resamples: Bootstrap replicates per comparison.
@@ -194,11 +194,15 @@ def results_markdown(
     Raises:
         ReportError: as ``write_report``, and if a pair names a config without runs.
     """
-    runs, _ = _reportable_runs(Path(logdir), thresholds)
+    source = Path(logdir)
+    runs, _ = _reportable_runs(source, thresholds)
     groups = group_runs(runs)
     comparisons, notes = compare_configs(groups, default_pairs(groups) if pairs is None else pairs, resamples, seed)
     environment = environment_lines([run for group in groups.values() for run in group])
-    lines = [*_readme_lines(groups, comparisons, notes, resamples, seed), "", "Where they ran:", "", *environment]
+    # Published records list every shipped config: a row without a run says why.
+    missing = records.missing_configs(source, list(groups)) if records.is_results_dir(source) else None
+    lines = [*_readme_lines(groups, comparisons, notes, resamples, seed, missing), "", "Where they ran:", "",
+             *environment]
     return "\n".join(lines) + "\n"
 
 

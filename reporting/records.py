@@ -32,9 +32,11 @@ from callbacks.predictions import PREDICTIONS_FILE
 from callbacks.run_record import RUN_RECORD_FILE
 from reporting.runs import DEFAULT_THRESHOLDS, ReportError, Run, TestPredictions, read_run
 
-__all__ = ["RECORD_FORMAT", "find_records", "is_results_dir", "read_record", "record_of", "write_record"]
+__all__ = ["RECORD_FORMAT", "find_records", "is_results_dir", "missing_configs", "read_record", "record_of",
+           "recipe_of", "write_record"]
 
 RECORD_FORMAT = 1  # bump when a field changes meaning; read_record refuses formats it does not know
+NOT_RUN_FILE = "not_run.yaml"  # config: why it has no record yet (and what it needs)
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Overrides that say where a run's files went on its machine, not how it trained.
 MACHINE_KEYS = ("trainer.logger.init_args.save_dir", "trainer.logger.init_args.name",
@@ -244,6 +246,22 @@ def is_results_dir(folder: Path) -> bool:
     if any(folder.glob(f"*/*/{RUN_RECORD_FILE}")):
         return False
     return any(path.name not in (RUN_RECORD_FILE, "report.json") for path in folder.glob("*/*.json"))
+
+
+def missing_configs(results_dir: Path, recorded: Sequence[str]) -> dict[str, str]:
+    """Each shipped config without a record, and why: ``results/not_run.yaml`` says, else "not run yet".
+
+    Raises:
+        ReportError: if not_run.yaml names a config that is not shipped (a typo would hide a row).
+    """
+    notes_file = results_dir / NOT_RUN_FILE
+    notes = yaml.safe_load(notes_file.read_text()) or {} if notes_file.is_file() else {}
+    shipped = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+    unknown = sorted(set(notes) - set(shipped))
+    if unknown:
+        raise ReportError(f"{notes_file} names configs that are not in configs/: {', '.join(unknown)}.\n"
+                          "HINT: use the name of a configs/*.yaml file.")
+    return {config: str(notes.get(config, "not run yet")) for config in shipped if config not in recorded}
 
 
 def find_records(results_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[list[Run], list[str]]:

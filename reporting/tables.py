@@ -210,8 +210,11 @@ def _mean_or_dash(values: Sequence[float | None], fmt: Callable[[float], str]) -
     return "-" if mean is None else fmt(mean)
 
 
-def results_table(groups: dict[str, list[Run]]) -> str:
-    """The README's table: what to run, what it reached on the test split, and what it took."""
+def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None = None) -> str:
+    """The README's table: what to run, what it reached on the test split, and what it took.
+
+    ``missing``: shipped configs without runs, each with why; they get a row that says so.
+    """
     header = ["command", "parameters", "epochs", "test acc (%) [95 % interval]", "training time",
               "where (device, threads, precision, load)", "source's test acc (%)"]
     rows = []
@@ -225,6 +228,8 @@ def results_table(groups: dict[str, list[Run]]) -> str:
             _conditions_cell(runs),
             spec_cell(config),
         ])
+    for config, reason in (missing or {}).items():
+        rows.append([f"`{config}.yaml`", "-", "-", reason, "-", "-", spec_cell(config)])
     return tables.markdown_table(header, rows)
 
 

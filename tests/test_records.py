@@ -85,7 +85,11 @@ def test_the_tables_from_records_equal_those_from_the_log_folders(recorded):
     # A record names its row by what was run: the config file and the overrides that change the training.
     recipe = records.recipe_of(record)
     assert recipe == "mlp.yaml --data.batch_size 16 --data.val_size 12 --trainer.max_epochs 2"
-    assert from_records == from_logs.replace("| `mlp` |", f"| `{recipe}` |")
+    # Records list every shipped config; those without a run say so in a row of dashes.
+    unrun = [line for line in from_records.splitlines() if line.startswith("| `") and "| - | - |" in line]
+    assert len(unrun) == len(list((REPO / "configs").glob("*.yaml"))) - 1
+    kept = "\n".join(line for line in from_records.splitlines() if line not in unrun) + "\n"
+    assert kept == from_logs.replace("| `mlp` |", f"| `{recipe}` |")
     assert report.details_markdown(path.parent.parent) == report.details_markdown(run_dir.parent.parent)
 
 
@@ -135,3 +139,21 @@ def test_the_readme_and_docs_publish_the_records_as_report_py_prints_them():
     assert readme == report.results_markdown(REPO / "results")
     details = _block((REPO / "docs" / "results.md").read_text(), "python report.py results --details-only")
     assert details == report.details_markdown(REPO / "results")
+
+
+def test_every_shipped_config_has_a_row_and_one_without_a_run_says_why(recorded, tmp_path):
+    _, path, _ = recorded
+    results = tmp_path / "results"
+    (results / "mlp").mkdir(parents=True)
+    (results / "mlp" / path.name).write_bytes(path.read_bytes())
+    (results / "not_run.yaml").write_text("resnet_cbam: needs the ImageNet ResNet18 weights\n")
+    printed = report.results_markdown(results)
+    table = printed.split("\n\n")[0]
+    shipped = sorted(config.stem for config in (REPO / "configs").glob("*.yaml"))
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert sorted(row.split()[0].removesuffix(".yaml") for row in rows) == shipped
+    assert "| `resnet_cbam.yaml` | - | - | needs the ImageNet ResNet18 weights |" in table
+    assert "| `lenet.yaml` | - | - | not run yet |" in table
+    (results / "not_run.yaml").write_text("resnet_cbam_typo: why\n")
+    with pytest.raises(report.ReportError, match="resnet_cbam_typo"):
+        report.results_markdown(results)
