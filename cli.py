@@ -53,6 +53,7 @@ from callbacks import (
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from lightning_modules import ImageClassifier
+from lightning_private import replace_help
 from precision_choice import PrecisionChoice, choose_precision
 from user_input import UserInputError, user_input_errors_raised
 
@@ -97,6 +98,7 @@ class ProjectCLI(LightningCLI):
         return {self._named_subcommand: every[self._named_subcommand]} if self._named_subcommand in every else every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        _explain_project_flags(parser)
         for key in ("num_classes", "input_shape", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         # Added as plain class groups, not as Lightning's callback keys, so that
@@ -124,6 +126,10 @@ class ProjectCLI(LightningCLI):
                 }
             }
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        replace_help(parser, PROJECT_HELP)  # ckpt_path joins each subcommand's parser after add_arguments_to_parser
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
@@ -263,6 +269,37 @@ def _remove_failed_start(trainer: L.Trainer | None, folder: Path | None) -> None
         shutil.rmtree(folder, ignore_errors=True)
 
 
+DESCRIPTION = (
+    "CIFAR-10 classification with attention-augmented CNNs, and tools to see inside them. "
+    "Train, test and predict with one recipe from configs/, e.g. "
+    "`python cli.py fit --config configs/cnn_fast.yaml`. Recipes: {configs}."
+)
+HELP_EPILOG = (
+    "The model's and the data's own options (--model.attention, --model.compile, --data.val_size, ...) "
+    "are listed by --model.help CLASS and --data.help CLASS, e.g. `python cli.py fit --model.help "
+    "CNNClassifier` or `python cli.py fit --data.help CIFAR10DataModule`; a config's complete settings by "
+    "`python cli.py fit --config configs/cnn_fast.yaml --print_config`."
+)
+PROJECT_HELP = {
+    "trainer.precision": (
+        "Numeric precision. Left unset, the run chooses: bf16-mixed where the device runs bf16 natively "
+        "(a CPU with AMX or AVX512_BF16, an NVIDIA GPU from Ampere on), else 32-true; it prints the choice "
+        "and its reason at start. Give 32-true, bf16-mixed, 16-mixed, ... to choose yourself."
+    ),
+    "ckpt_path": (
+        "A checkpoint file, or 'last' (fit: resume the newest run of this config, its logger's "
+        "save_dir/name, from its last.ckpt, logging into the same folder; a fresh run when there is none) "
+        "or 'best' (validate/test/predict: the best-val/acc checkpoint of the newest run of this config)."
+    ),
+}
+
+
+def _explain_project_flags(parser: LightningArgumentParser) -> None:
+    """Help texts that say what this project does with Lightning's flags, not Lightning's own defaults."""
+    parser.epilog = HELP_EPILOG
+    replace_help(parser, PROJECT_HELP)
+
+
 def _settle_precision(trainer: Any) -> PrecisionChoice:
     """Keep a precision the user gave; otherwise bf16 where the device runs it natively (``precision_choice``)."""
     given = trainer.get("precision")
@@ -334,6 +371,8 @@ def _run(args: list[str] | None, run: bool) -> ProjectCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION.format(
+                configs=", ".join(sorted(path.stem for path in (Path(__file__).parent / "configs").glob("*.yaml"))))},
             trainer_defaults={
                 # DeferredRequeue: SLURM's SIGUSR1 checkpoint at a step boundary (docs/cluster.md)
                 "callbacks": [RNGStateCheckpoint(), RunRecorder(), DeferredRequeue()]

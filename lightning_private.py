@@ -106,3 +106,19 @@ def scheduler_parts(factory: Any) -> tuple[type, dict[str, Any]] | None:
     if not inspect.isclass(cls):
         return None
     return cls, {**captured.get("init_args", {}), **captured.get("dict_kwargs", {})}
+
+
+def replace_help(parser: Any, texts: dict[str, str]) -> None:
+    """Give the options named in ``texts`` (by dest, e.g. ``trainer.precision``) these help texts, in ``parser``
+    and in each of its subcommands' parsers.
+
+    LightningCLI copies Lightning's docstrings into the help, which describe Lightning's defaults, not what
+    this project does with a flag. Relies on argparse's ``parser._actions`` and jsonargparse's
+    ``parser._subcommands_action.choices`` (the subcommand parsers); checked against jsonargparse 4.39.0 (the
+    floor) and 4.53.0.
+    """
+    parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "choices", {}).values()]
+    for each in parsers:
+        for action in each._actions:
+            if action.dest in texts:
+                action.help = texts[action.dest]

@@ -63,9 +63,11 @@ class ImageClassifier(L.LightningModule):
             stay plain cross-entropy, so ``val/loss`` compares across recipes.
         channels_last: Keep the network's weights and activations in NHWC
             layout, which oneDNN and cuDNN convolutions run faster in.
-        compile: Run the network through ``torch.compile`` (pays a compile at
-            start; helps on GPUs, measured slower on small CPUs). Kept as
-            ``compile_net``: ``compile`` is an ``nn.Module`` method.
+        compile: Run the network through ``torch.compile``. It pays a compile at
+            start; on the 2-core development CPU it never paid that back
+            (docs/performance.md), and no GPU has measured it yet
+            (``benchmarks/gpu_check.py`` does). Kept as ``compile_net``:
+            ``compile`` is an ``nn.Module`` method.
         test_time_flip: Under ``test``, also classify each image's mirror and
             log the averaged prediction's accuracy as ``test/acc_flip``, beside
             the plain ``test/acc``, which it never replaces. Costs a second
