@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import zlib
@@ -81,14 +82,23 @@ def _shipped_config(config_file: Path) -> dict[str, Any]:
 
 
 def overrides(run_config: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
-    """The run's settings that differ from the shipped config's, as command-line keys."""
+    """The run's settings that differ from the shipped config's, as command-line keys.
+
+    Options the run's config lacks came after it and cannot have been overridden: they are left out.
+    A data folder inside the project's parent is written relative to the project (``../shared/...``).
+    """
     ran, base = _flat(run_config), _flat(shipped)
     changed = {}
-    for key in sorted(set(ran) | set(base)):
+    for key in sorted(ran):
         if key in MACHINE_KEYS or key.startswith("ckpt_path") or key == "config":
             continue
-        if ran.get(key) != base.get(key):
-            changed[_cli_key(key)] = ran.get(key)
+        if ran[key] != base.get(key):
+            changed[_cli_key(key)] = ran[key]
+    data_dir = changed.get("data.data_dir")
+    if isinstance(data_dir, str) and Path(data_dir).is_absolute():
+        parent = CONFIGS.parent.parent
+        if Path(data_dir).is_relative_to(parent):
+            changed["data.data_dir"] = os.path.relpath(data_dir, CONFIGS.parent)
     return changed
 
 
