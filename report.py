@@ -9,27 +9,23 @@
     python report.py lightning_logs --details-only       # prints docs/results.md's tables, writes nothing
     python report.py lightning_logs --markdown-only --compare cnn_se_fast cnn_fast
 
-Two views of the same runs. The README's (``results_table``): per config, the test accuracy
-with its 95 % interval over seeds, the source's number, seconds per epoch and inference
-images per second; then each attention config against its base on the same test images
-(``compare_configs``: a paired bootstrap over images and seeds, and McNemar's exact test per
-seed, from each run's ``predictions.csv``), with what the attention costs. The statistics are
-in ``report_statistics``. The wide one (``markdown_table``), for ``docs/results.md``: beside
-the best validation accuracy, what the source stressed (SPEC section 5): parameters, seconds
-per epoch, the wall time and epochs each config needed to first reach given validation
-accuracies, inference images per second, and the number the source reported for the same
-recipe (``SPEC_RESULTS``), which is a test accuracy.
+Two views of the same runs. The README's (``reporting.tables.results_table``): per config, the
+command, the test accuracy with its 95 % interval over seeds, the training time with the
+conditions it was measured in (device, threads, precision, load), and the source's number; from
+records, every shipped config has a row, and one without a record says why
+(``results/not_run.yaml``). Then each attention config against its base on the same test images
+(``reporting.comparisons``: a paired bootstrap over images and seeds, and McNemar's exact test
+per seed). The wide one (``wide_table``), for ``docs/results.md``: beside the best validation
+accuracy, parameters, seconds per epoch, the wall time and epochs each config needed to first
+reach given validation accuracies, inference images per second, and the source's number
+(``SPEC_RESULTS``), which is a test accuracy.
 
-The published tables are built from the records under ``results/`` (``reporting.records``):
-a few KB per run, in the repository, each with the predictions that the paired comparisons
-need. A log directory works too: everything is read back from what runs left on disk, each ``<logdir>/<config>/<run>`` folder's TensorBoard events
-(``val/acc``, ``test/acc``, ``time/*``, ``perf/*``, and per-class accuracies
-``val/acc_per_class/<class>`` / ``test/acc_per_class/<class>`` where a run
-logged them), the ``run.json`` that ``callbacks.RunRecorder`` wrote (parameters, seed,
-hardware, versions) and the ``predictions.csv`` that ``predict`` wrote. A run folder is a
-``version_N`` or any folder with a ``run.json``. Runs of one config (one ``<config>`` folder,
-so moving a run regroups it) are grouped; the newest run of each seed counts once. A run
-whose fit did not end is listed as skipped, not averaged in.
+The published tables are built from the records under ``results/`` (``reporting.records``): a
+few KB per run, in the repository, each with the predictions that the paired comparisons need. A
+log directory works too: each ``<logdir>/<config>/<run>`` folder's TensorBoard events
+(``val/acc``, ``test/acc``, ``time/*``, ``perf/*``, and per-class accuracies), the ``run.json``
+that ``callbacks.RunRecorder`` wrote (parameters, seed, hardware, versions) and the
+``predictions.csv`` that ``predict`` wrote (``reporting.runs``).
 
 Outputs, in ``--out`` (default ``<logdir>/report``): ``report.md`` (both views),
 ``report.json`` (the numbers behind every cell and comparison), and ``val_acc_vs_epoch.png`` /
@@ -132,7 +128,8 @@ COMPARISON_NOTE = (
     "draw for both configs, and each config's seeds with replacement; the row says what the interval holds. "
     "p: twice the smaller share of replicates on either side of zero. "
     "McNemar per seed both configs ran: images only the first got right vs only the second, and the exact "
-    "two-sided p-value. The costs: the first config's against the second's, measured beside other work."
+    "two-sided p-value. Parameters: the first config's against the second's; what each costs in time is "
+    "measured quietly, side by side, in docs/performance.md."
 )
 
 

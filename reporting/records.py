@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import zlib
+from datetime import datetime
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,12 @@ def record_of(run_dir: Path, commit: str | None = None) -> dict[str, Any]:
         raise ReportError(f"no {PREDICTIONS_FILE} (run `python cli.py predict --ckpt_path best` with its config)")
     predictions = TestPredictions.from_csv(predictions_csv)
     started = json.loads((run_dir / RUN_RECORD_FILE).read_text())
+    finished = datetime.fromisoformat(run.finished_at).timestamp()
+    # A fit resumed after its test or predict has other weights than they saw: publish only a matching set.
+    if run.tested_at is not None and run.tested_at < finished:
+        raise ReportError("tested before its fit last finished (resumed since?): test it again")
+    if predictions_csv.stat().st_mtime < finished:
+        raise ReportError(f"{PREDICTIONS_FILE} predates its fit's last finish (resumed since?): predict it again")
     config_name = str(started.get("config_name") or run.config)
     config_file = CONFIGS / f"{config_name}.yaml"
     run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}

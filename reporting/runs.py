@@ -98,6 +98,7 @@ class Run:
     learning_rate: list[float | None] = field(default_factory=list)
     test_loss: float | None = None
     test_acc_flip: float | None = None  # `test --model.test_time_flip true`: never in test_acc's place
+    tested_at: float | None = None  # wall time (Unix seconds) of the test_acc read: a record needs it after the fit
     predictions: TestPredictions | None = None  # from a record; a log folder keeps them in predictions.csv
     precision: str | None = None
     load_average: float | None = None  # the machine's mean 1-minute load over the epochs; None: not recorded
@@ -222,10 +223,10 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     test_acc = next((found for events in reversed(evaluations) if (found := _scalars(events, "test/acc"))), None)
     test_acc = test_acc or _scalars(accumulator, "test/acc")
     test_events = next((events for events in reversed(evaluations) if _scalars(events, "test/acc")), accumulator)
+    tested_at = test_events.Scalars("test/acc")[-1].wall_time if test_acc else None
     inference = _scalars(accumulator, "perf/inference_images_per_second")
     test_loss = _scalars(test_events, "test/loss")
-    test_acc_flip = next((found for events in reversed(evaluations) if (found := _scalars(events, "test/acc_flip"))),
-                         None)
+    test_acc_flip = _scalars(test_events, "test/acc_flip")
     steps = [step for step, _ in val_acc]
     run = Run(
         config=version_dir.parent.name,  # the folder, as TensorBoard names it: moving a run regroups it
@@ -249,6 +250,7 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
         learning_rate=_learning_rate_at(accumulator, steps),
         test_loss=test_loss[-1][1] if test_loss else None,
         test_acc_flip=test_acc_flip[-1][1] if test_acc_flip else None,
+        tested_at=tested_at,
         precision=record.get("precision"),
         load_average=statistics.fmean(loads) if (loads := [v for _, v in _scalars(accumulator, "time/load_average")])
         else None,

@@ -252,15 +252,18 @@ def _interval_scope(first_seeds: int, second_seeds: int) -> str:
 
 
 def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Comparison]) -> str:
-    """One row per pair: the accuracy difference with its interval and p-values, then both configs' costs."""
+    """One row per pair: the accuracy difference with its interval and p-values, and both configs' parameters.
+
+    Speeds are left out: the runs' own seconds were measured beside other work; the quiet, side-by-side
+    costs are benchmarks/attention_cost.py's (docs/performance.md).
+    """
     header = ["comparison", "test acc difference (points) [95 % interval]", "p", "runs", "the interval holds",
-              "McNemar per seed", "parameters", "s/epoch", "inference img/s"]
+              "McNemar per seed", "parameters"]
     rows = []
     for c in comparisons:
         boot = c.bootstrap
         first, second = groups[c.first], groups[c.second]
-        speeds = {attribute: [_mean_present([getattr(run, attribute) for run in runs]) for runs in (first, second)]
-                  for attribute in ("parameters", "seconds_per_epoch", "inference_images_per_second")}
+        parameters = [_mean_present([run.parameters for run in runs]) for runs in (first, second)]
         rows.append([
             f"{c.first} − {c.second}",
             f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]",
@@ -268,8 +271,6 @@ def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Compari
             f"{len(c.seeds[0])} vs {len(c.seeds[1])} on {boot.images:,} images",
             _interval_scope(len(c.seeds[0]), len(c.seeds[1])),
             "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in c.mcnemar) or "no seed in common",
-            _ratio_cell(*speeds["parameters"], lambda v: f"{v:,.0f}"),
-            _ratio_cell(*speeds["seconds_per_epoch"], lambda v: f"{v:.1f}"),
-            _ratio_cell(*speeds["inference_images_per_second"], lambda v: f"{v:,.0f}"),
+            _ratio_cell(*parameters, lambda v: f"{v:,.0f}"),
         ])
     return tables.markdown_table(header, rows)

@@ -157,3 +157,15 @@ def test_every_shipped_config_has_a_row_and_one_without_a_run_says_why(recorded,
     (results / "not_run.yaml").write_text("resnet_cbam_typo: why\n")
     with pytest.raises(report.ReportError, match="resnet_cbam_typo"):
         report.results_markdown(results)
+
+
+def test_a_run_resumed_after_its_test_is_not_published_with_the_old_numbers(tmp_path, capsys):
+    """Fit, test and predict, then a resume: the test and predictions saw other weights than the record's."""
+    logdir = tmp_path / "logs"
+    folder = _fake_run(logdir, "cnn_fast", "version_0", 0, test_acc=0.5, right=_bits("1100"))
+    record = json.loads((folder / "run.json").read_text())
+    record["finished_at"] = "2099-01-01T00:00:00+00:00"  # the fit finished again after the test
+    (folder / "run.json").write_text(json.dumps(record))
+    assert report.main([str(logdir), "--record-to", str(tmp_path / "results")]) is None
+    assert "cnn_fast/version_0: tested before its fit last finished (resumed since?)" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
