@@ -190,9 +190,13 @@ class ProjectCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs, callbacks=callbacks)
         self._new_run_dir = _new_run_dir(trainer)
         choice = getattr(self, "precision_choice", None)
+        # The config files the run was given (--config), absolute: its record names the recipe by them.
+        given = self.config.get(str(self.subcommand), {}).get("config") or [] if self.subcommand else []
         for callback in trainer.callbacks:
-            if isinstance(callback, RunRecorder) and choice is not None:
-                callback.precision_reason = choice.reason
+            if isinstance(callback, RunRecorder):
+                callback.config_files = [str(getattr(path, "absolute", path)) for path in given]
+                if choice is not None:
+                    callback.precision_reason = choice.reason
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -111,6 +111,7 @@ class RunRecorder(L.Callback):
         self._record: dict[str, Any] = {}
         # Why the run trains in its precision (the CLI's automatic choice, or the user's flag).
         self.precision_reason: str | None = None
+        self.config_files: list[str] = []  # the CLI's --config files: the recipe a record names
 
     # ---- resumable state ------------------------------------------------------------
 
@@ -140,6 +141,7 @@ class RunRecorder(L.Callback):
         self._log_dir = Path(trainer.log_dir)
         self._record = {
             "config_name": logger.name,
+            "config_files": self.config_files,
             "version": logger.version,
             "seed": _global_seed(),
             "model_class": type(pl_module).__qualname__,

@@ -148,8 +148,9 @@ def record_of(run_dir: Path, commit: str | None = None) -> dict[str, Any]:
         raise ReportError("tested before its fit last finished (resumed since?): test it again")
     if predictions_csv.stat().st_mtime < finished:
         raise ReportError(f"{PREDICTIONS_FILE} predates its fit's last finish (resumed since?): predict it again")
-    config_name = str(started.get("config_name") or run.config)
-    config_file = CONFIGS / f"{config_name}.yaml"
+    # The recipe: the shipped config the run was given (--config), else the one named like the run.
+    shipped = [Path(path) for path in started.get("config_files") or [] if Path(path).parent == CONFIGS]
+    config_file = shipped[0] if shipped else CONFIGS / f"{started.get('config_name') or run.config}.yaml"
     run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     if config_file.is_file() and run_config:
         changed = overrides(run_config, _shipped_config(config_file))

@@ -169,3 +169,27 @@ def test_a_run_resumed_after_its_test_is_not_published_with_the_old_numbers(tmp_
     assert report.main([str(logdir), "--record-to", str(tmp_path / "results")]) is None
     assert "cnn_fast/version_0: tested before its fit last finished (resumed since?)" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped(tiny_data, tmp_path):
+    """scripts/publish_run.sh end to end in a copy of the project, run twice: the second run adds nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".venv*", "results", "lightning_logs",
+                                                                  "__pycache__", "data", "*.egg-info"))
+    env = {**__import__("os").environ, "DATA": str(tiny_data), "LOGS": str(tmp_path / "logs"),
+           "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"}
+    command = ["bash", "scripts/publish_run.sh", "mlp_tiny", "mlp", "--data.val_size", "12", "--data.batch_size",
+               "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--loss_plots", "null",
+               "--confusion_matrix", "null"]
+    for _ in range(2):
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = (project / "results").glob("*/*.json")
+    record = json.loads(path.read_text())
+    assert path.parent.name == "mlp_tiny" and record["config_file"] == "configs/mlp.yaml"
+    assert [epoch["epoch"] for epoch in record["epochs"]] == [1]  # resumed at its end: no second epoch
+    assert record["test_predictions"]["count"] == 18  # tiny_data: 3 classes of 6 test images
