@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
+from callbacks.every_n import nth_epoch, require_at_least
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from callbacks.unfreeze import ProgressiveUnfreeze, Stage
 from visualization.figures import epoch_curves_figure, figure_to_image, loss_curve_figure
@@ -49,8 +50,7 @@ class LossPlots(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be at least 1.\nHINT: e.g. every_n_epochs: 1.")
+        require_at_least(1, every_n_epochs=every_n_epochs)
         self.every_n_epochs = every_n_epochs
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -80,7 +80,7 @@ class LossPlots(L.Callback):
         self._flush()
         self._record(trainer, TRAIN_METRICS)
         last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-        if trainer.is_global_zero and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or last_epoch):
+        if trainer.is_global_zero and (nth_epoch(trainer, self.every_n_epochs) or last_epoch):
             self._draw(trainer)
 
     @override
