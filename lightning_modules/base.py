@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from lightning_private import epochs_trained, scheduler_parts
 from user_input import UserInputError
 
@@ -75,8 +76,8 @@ class ImageClassifier(L.LightningModule):
         self,
         num_classes: int = 10,
         input_shape: Sequence[int] = (3, 32, 32),
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2023, 0.1994, 0.2010),
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = reference_plateau,
         label_smoothing: float = 0.0,
