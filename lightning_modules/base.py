@@ -218,9 +218,16 @@ class ImageClassifier(L.LightningModule):
 
     def class_names(self) -> list[str]:
         """Class names from the datamodule, else the class indices as text."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self._attached_trainer(), "datamodule", None)
         classes = getattr(datamodule, "classes", None)
         return list(classes) if classes else [str(c) for c in range(self.num_classes)]
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The trainer, or None outside one (``load_from_checkpoint``, plain inference), where ``trainer`` raises."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities, with the true labels (-1: unknown) and dataset indices when the batch has them."""
@@ -244,7 +251,7 @@ class ImageClassifier(L.LightningModule):
         restoring the loops (more); this is the user's choice of flag, so it gets the exit status and
         the HINT of the other user errors.
         """
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         if trainer is None or trainer.state.fn != "fit" or trainer.max_epochs in (None, -1):
             return
         done = epochs_trained(checkpoint)
@@ -257,7 +264,7 @@ class ImageClassifier(L.LightningModule):
 
     def _check_classes(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained on other classes before its weights fail to fit (or silently fit)."""
-        if self._trainer is None:
+        if self._attached_trainer() is None:
             return  # load_from_checkpoint: no data to compare with
         ours = self.class_names()
         saved = checkpoint.get("classes")
