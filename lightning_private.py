@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 __all__ = [
     "PRIVATE_NAMES",
@@ -27,6 +28,9 @@ __all__ = [
     "batches_trained_this_epoch",
     "cpu_bf16_feature",
     "epochs_trained",
+    "plateau_min_lr",
+    "plateau_fit_groups",
+    "plateau_restart",
     "quoted_user_error",
     "rewrap_ddp",
     "saves_every_n_train_steps",
@@ -205,3 +209,36 @@ def cpu_bf16_feature() -> str | None:
             continue
     return None
 
+
+def plateau_min_lr(scheduler: ReduceLROnPlateau) -> float | None:
+    """The one floor rate a ``ReduceLROnPlateau`` keeps for every group; None if it was given one per group.
+
+    Relies on the attributes ``default_min_lr`` (set when ``min_lr`` was one
+    number) and ``min_lrs`` (one floor per group), which the scheduler's
+    ``step`` reads. Checked against torch 2.14.1 (the floor).
+    """
+    if scheduler.default_min_lr is not None:
+        return float(scheduler.default_min_lr)
+    floors = set(scheduler.min_lrs)
+    return float(floors.pop()) if len(floors) == 1 else None
+
+
+def plateau_fit_groups(scheduler: ReduceLROnPlateau, floor: float) -> None:
+    """One floor per parameter group of the scheduler's optimiser, after groups were added or replaced.
+
+    Relies on ``min_lrs`` holding one floor per group, read by ``step``. Checked
+    against torch 2.14.1 (the floor).
+    """
+    scheduler.min_lrs = [floor] * len(scheduler.optimizer.param_groups)
+
+
+def plateau_restart(scheduler: ReduceLROnPlateau) -> None:
+    """Forget the best value and the patience and cooldown spent, as a newly built scheduler would.
+
+    Relies on ``best``, ``mode_worse``, ``num_bad_epochs`` and
+    ``cooldown_counter``, what its constructor's ``_reset`` sets. Checked
+    against torch 2.14.1 (the floor).
+    """
+    scheduler.best = scheduler.mode_worse
+    scheduler.num_bad_epochs = 0
+    scheduler.cooldown_counter = 0

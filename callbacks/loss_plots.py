@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -22,7 +21,7 @@ from typing_extensions import override
 
 from callbacks.every_n import nth_epoch, require_at_least
 from callbacks.picture_log import image_writers, log_picture, picture_dir
-from callbacks.unfreeze import ProgressiveUnfreeze, Stage
+from callbacks.unfreeze import ProgressiveUnfreeze
 from visualization.figures import epoch_curves_figure, figure_to_image, loss_curve_figure
 
 __all__ = ["LossPlots"]
@@ -107,7 +106,7 @@ class LossPlots(L.Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, ProgressiveUnfreeze):
                 started = enumerate(callback.stage_start_steps)  # one step per stage begun, in stage order
-                marks += [(int(step), stage_label(index, callback.stages[index])) for index, step in started]
+                marks += [(int(step), callback.stage_label(index)) for index, step in started]
         return sorted(marks)
 
     def _flush(self) -> None:
@@ -137,8 +136,3 @@ class LossPlots(L.Callback):
         for tag, figure in figures.items():
             log_picture(trainer, tag, figure_to_image(figure), trainer.global_step, folder)
 
-
-def stage_label(index: int, stage: Stage) -> str:
-    """``stage 1: +layer3, +layer4 @ 1e-4`` (``all`` when the stage trains everything)."""
-    trains = "all" if stage.train is None else ", ".join(f"+{n}" if stage.extends else n for n in stage.train)
-    return f"stage {index}: {trains} @ {np.format_float_scientific(stage.lr, trim='-', exp_digits=1)}"
