@@ -1,4 +1,4 @@
-"""The only places where this project relies on behaviour of Lightning (or its CLI's jsonargparse, or torch) that is not public.
+"""The only places where this project relies on non-public behaviour of Lightning, its CLI's jsonargparse, or torch.
 
 Everything else goes through documented Lightning, torch and jsonargparse
 interfaces. What is here has no public equivalent; each function says what it

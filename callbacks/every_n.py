@@ -17,5 +17,5 @@ def require_at_least(minimum: int, **counts: int) -> None:
 
 
 def nth_epoch(trainer: L.Trainer, every_n_epochs: int) -> bool:
-    """Whether the current epoch is an ``every_n_epochs``-th one; epochs count from 0, so epoch ``n - 1`` is the first."""
+    """Whether the current epoch is an ``every_n_epochs``-th one (epochs count from 0: epoch ``n - 1`` is the first)."""
     return (trainer.current_epoch + 1) % every_n_epochs == 0

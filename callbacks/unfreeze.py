@@ -57,8 +57,9 @@ begins stages (at fit start, resumed or not, and at an epoch start), and the
 ``stage_lr`` policy only decides the groups and their rates (``_regroup``).
 
 Schedulers: ``ReduceLROnPlateau`` keeps one minimum per group, extended here as
-groups are added (through ``lightning_private``, which owns its internals). Schedulers that compute rates from per-group base rates
-would rescale or break when groups appear, so they are refused at start.
+groups are added (through ``lightning_private``, which owns its internals).
+Schedulers that compute rates from per-group base rates would rescale or break
+when groups appear, so they are refused at start.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class ProgressiveUnfreeze(L.Callback):
         return "added" if self.stage_lr == "added" else ALL
 
     def stage_label(self, index: int) -> str:
-        """``stage 1: +layer3, +layer4 @ 1e-4``: the stage's number (as ``unfreeze/stage`` and ``stage<i>``), what it trains, its rate."""
+        """``stage 1: +layer3, +layer4 @ 1e-4``: its number (as ``unfreeze/stage``, ``stage<i>``), what trains, its rate."""
         stage = self.stages[index]
         return f"stage {index}: {stage.trains()} @ {np.format_float_scientific(stage.lr, trim='-', exp_digits=1)}"
 
@@ -367,7 +368,8 @@ def _stage_lr(stage_lr: str | None, reset_optimizer: bool | None, lr_applies_to:
     old = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in given.items())
     if reset_optimizer and lr_applies_to == "added":
         raise UserInputError(
-            f"ProgressiveUnfreeze: {old} disagree: a reset optimiser has one group, so no earlier group keeps its rate.\n"
+            f"ProgressiveUnfreeze: {old} disagree: a reset optimiser has one group, "
+            "so no earlier group keeps its rate.\n"
             "HINT: replace both with stage_lr: reset (the source's fresh optimiser) or stage_lr: added."
         )
     translated = "reset" if reset_optimizer else lr_applies_to or ALL

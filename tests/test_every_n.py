@@ -11,7 +11,9 @@ from callbacks.every_n import nth_epoch
 from user_input import UserInputError
 
 
-@pytest.mark.parametrize("kind", [LossPlots, ConfusionMatrixPlot, MistakeGallery, InterpretabilityDumps, FaithfulnessScores])
+@pytest.mark.parametrize(
+    "kind", [LossPlots, ConfusionMatrixPlot, MistakeGallery, InterpretabilityDumps, FaithfulnessScores]
+)
 def test_every_n_epochs_below_one_is_a_user_error_with_a_hint(kind: type) -> None:
     with pytest.raises(UserInputError, match=r"every_n_epochs=0 must be at least 1\.\nHINT: e\.g\. every_n_epochs: 1"):
         kind(every_n_epochs=0)

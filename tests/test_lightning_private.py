@@ -18,7 +18,9 @@ PRIVATE_USES = {
     "torch.cpu's bf16 probes": r"\b_is_(amx_tile|avx512_bf16)_supported\b",
     "ModelCheckpoint._every_n_train_steps": r"\b_every_n_train_steps\b",
 }
-PROJECT_CODE = ["*.py", "callbacks/*.py", "datamodules/*.py", "lightning_modules/*.py", "visualization/*.py", "benchmarks/*.py"]
+PROJECT_CODE = [
+    "*.py", "callbacks/*.py", "datamodules/*.py", "lightning_modules/*.py", "visualization/*.py", "benchmarks/*.py"
+]
 
 
 def test_no_private_library_name_outside_the_adapter() -> None:
@@ -56,4 +58,5 @@ def test_a_failed_subcommand_runs_the_failure_hook_then_raises() -> None:
 
 
 def test_user_hparams_drop_only_the_cli_key() -> None:
-    assert lightning_private.user_hparams({"lr": 0.1, "_instantiator": "lightning.pytorch.cli.instantiate_module"}) == {"lr": 0.1}
+    hparams = {"lr": 0.1, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    assert lightning_private.user_hparams(hparams) == {"lr": 0.1}

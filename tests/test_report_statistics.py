@@ -110,7 +110,8 @@ def test_paired_bootstrap_adds_the_seeds_as_a_pooled_student_t():
     result = paired_bootstrap(_nested([0.5, 0.6, 0.7]), _nested([0.4, 0.5, 0.6]), resamples=40_000, seed=2)
     half_width = t_quantile(0.975, 4) * math.sqrt(0.01 * 2 / 3)
     assert result.difference == pytest.approx(0.1)
-    assert (result.low, result.high) == (pytest.approx(0.1 - half_width, abs=0.006), pytest.approx(0.1 + half_width, abs=0.006))
+    expected = (pytest.approx(0.1 - half_width, abs=0.006), pytest.approx(0.1 + half_width, abs=0.006))
+    assert (result.low, result.high) == expected
     assert result.about_configs and result.caveat is None
 
 
