@@ -53,7 +53,7 @@ from callbacks import (
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from lightning_modules import ImageClassifier
-from lightning_private import replace_help
+from lightning_private import SubcommandFailureHook, quoted_user_error, replace_help
 from precision_choice import PrecisionChoice, choose_precision
 from user_input import UserInputError, user_input_errors_raised
 
@@ -76,7 +76,7 @@ STANDARD_CALLBACKS: dict[str, type[Callback]] = {
 EXPLAINING_KEYS = ("mistakes", "pictures", "faithfulness")
 
 
-class ProjectCLI(LightningCLI):
+class ProjectCLI(SubcommandFailureHook, LightningCLI):
     """LightningCLI with data-to-model links, best/last checkpoints and on-disk run lookup."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -199,13 +199,9 @@ class ProjectCLI(LightningCLI):
                     callback.precision_reason = choice.reason
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; a run that fails before its first training step leaves no empty ``version_N`` behind."""
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            _remove_failed_start(self.trainer, getattr(self, "_new_run_dir", None))
-            raise
+    def on_subcommand_failure(self) -> None:
+        """A run that fails before its first training step leaves no empty ``version_N`` behind."""
+        _remove_failed_start(self.trainer, getattr(self, "_new_run_dir", None))
 
     def _standard_callbacks(self, config: Any, listed: list[Callback]) -> list[Callback]:
         """The ``STANDARD_CALLBACKS`` not switched off and applying to the model.
@@ -344,8 +340,7 @@ def _user_input_error(error: BaseException, raised: list[UserInputError]) -> Use
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    quoted = [e for e in raised if str(e).splitlines() and str(e).splitlines()[0] in str(error)]
-    return quoted[-1] if quoted else None
+    return quoted_user_error(error, raised)
 
 
 def _tell(message: str) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from lightning_private import cpu_bf16_feature  # torch's probes are private: read in the adapter
+
 __all__ = ["PrecisionChoice", "choose_precision", "cpu_bf16_feature", "resolve_device_type"]
 
 NATIVE = "bf16-mixed"
@@ -32,23 +34,6 @@ class PrecisionChoice:
         if not self.reason.startswith("auto"):
             return f"Precision: {self.precision} ({self.reason})."
         return f"Precision: {self.precision} ({self.reason}); --trainer.precision 32-true or bf16-mixed overrides it."
-
-
-def cpu_bf16_feature() -> str | None:
-    """The CPU feature that runs bf16 arithmetic natively (``AMX`` or ``AVX512_BF16``), or None.
-
-    Read through PyTorch's own cpuinfo probes, which know the instruction sets
-    its kernels dispatch to; a PyTorch too old to have them counts as none.
-    """
-    cpu = getattr(torch, "cpu", None)
-    for feature, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512_BF16", "_is_avx512_bf16_supported")):
-        check = getattr(cpu, probe, None)
-        try:
-            if check is not None and check():
-                return feature
-        except RuntimeError:  # a probe that cannot read the CPU answers no
-            continue
-    return None
 
 
 def resolve_device_type(accelerator: Any) -> str:

@@ -1,8 +1,8 @@
 """Turn the floors in pyproject.toml into exact pins, or check that they are what is installed.
 
 ``python .ci/floor_pins.py`` prints one pip requirement per line: every runtime
-and ``dev`` dependency at the version after its ``>=`` (``"lightning>=2.5.3,<3"``
-becomes ``lightning==2.5.3``). Reading the pins from pyproject.toml means a
+and ``dev`` dependency at the version after its ``>=`` (``"lightning>=2.6.0,<3"``
+becomes ``lightning==2.6.0``). Reading the pins from pyproject.toml means a
 floor cannot be changed without ``.ci/floors`` testing the new one.
 
 ``python .ci/floor_pins.py --check`` compares those pins with the installed
@@ -22,8 +22,8 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # "name[extra,...] specifier, specifier" as written in our pyproject.toml; markers are not used there.
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)$")
 
-# lightning 2.5.x depends on the standalone ``pytorch-lightning`` without a
-# version, so a floor install would pair lightning 2.5.3 with the newest
+# lightning 2.6.x depends on the standalone ``pytorch-lightning`` without a
+# version, so a floor install would pair lightning 2.6.0 with the newest
 # pytorch-lightning. Hold it at lightning's own release: one Lightning per environment.
 COMPANIONS = {"lightning": "pytorch-lightning"}
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from datamodules.cifar10 import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "cifar10-jpg"
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def reference_transform(mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> transforms.Compose:

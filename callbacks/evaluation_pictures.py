@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from callbacks.every_n import nth_epoch, require_at_least
 from callbacks.probes import explained_layers, layer_root
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from visualization.attributions import resolve_layers
@@ -30,8 +31,7 @@ class _EvaluationPicture(L.Callback):
     """When to draw (every n-th validation during fit, always under validate/test) and where to publish."""
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be at least 1.\nHINT: e.g. every_n_epochs: 1.")
+        require_at_least(1, every_n_epochs=every_n_epochs)
         self.every_n_epochs = every_n_epochs
 
     def due(self, trainer: L.Trainer) -> bool:
@@ -39,7 +39,7 @@ class _EvaluationPicture(L.Callback):
         if trainer.sanity_checking:
             return False
         if trainer.state.fn == TrainerFn.FITTING:
-            return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            return nth_epoch(trainer, self.every_n_epochs)
         return True
 
     @override
@@ -108,8 +108,7 @@ class MistakeGallery(_EvaluationPicture):
 
     def __init__(self, layer: str | None = None, count: int = 8, every_n_epochs: int = 1) -> None:
         super().__init__(every_n_epochs)
-        if count < 1:
-            raise ValueError(f"count={count} must be at least 1.\nHINT: e.g. count: 8.")
+        require_at_least(1, count=count)
         self.given_layer = layer
         self.layer = layer
         self.count = count

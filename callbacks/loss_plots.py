@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
+from callbacks.every_n import nth_epoch, require_at_least
 from callbacks.picture_log import image_writers, log_picture, picture_dir
-from callbacks.unfreeze import ProgressiveUnfreeze, Stage
+from callbacks.unfreeze import ProgressiveUnfreeze
 from visualization.figures import epoch_curves_figure, figure_to_image, loss_curve_figure
 
 __all__ = ["LossPlots"]
@@ -49,8 +49,7 @@ class LossPlots(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be at least 1.\nHINT: e.g. every_n_epochs: 1.")
+        require_at_least(1, every_n_epochs=every_n_epochs)
         self.every_n_epochs = every_n_epochs
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -80,7 +79,7 @@ class LossPlots(L.Callback):
         self._flush()
         self._record(trainer, TRAIN_METRICS)
         last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-        if trainer.is_global_zero and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or last_epoch):
+        if trainer.is_global_zero and (nth_epoch(trainer, self.every_n_epochs) or last_epoch):
             self._draw(trainer)
 
     @override
@@ -107,7 +106,7 @@ class LossPlots(L.Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, ProgressiveUnfreeze):
                 started = enumerate(callback.stage_start_steps)  # one step per stage begun, in stage order
-                marks += [(int(step), stage_label(index, callback.stages[index])) for index, step in started]
+                marks += [(int(step), callback.stage_label(index)) for index, step in started]
         return sorted(marks)
 
     def _flush(self) -> None:
@@ -137,8 +136,3 @@ class LossPlots(L.Callback):
         for tag, figure in figures.items():
             log_picture(trainer, tag, figure_to_image(figure), trainer.global_step, folder)
 
-
-def stage_label(index: int, stage: Stage) -> str:
-    """``stage 1: +layer3, +layer4 @ 1e-4`` (``all`` when the stage trains everything)."""
-    trains = "all" if stage.train is None else ", ".join(f"+{n}" if stage.extends else n for n in stage.train)
-    return f"stage {index}: {trains} @ {np.format_float_scientific(stage.lr, trim='-', exp_digits=1)}"

@@ -17,6 +17,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from typing_extensions import override
 
+from callbacks.every_n import nth_epoch, require_at_least
+from user_input import UserInputError
 from visualization.attributions import resolve_layers
 from visualization.pictures import DEFAULT_METHODS, check_methods
 
@@ -91,7 +93,7 @@ class ProbeSchedule(L.Callback):
         self, layers: Sequence[str] | None = None, every_n_epochs: int = 1, methods: Sequence[str] = DEFAULT_METHODS
     ) -> None:
         if layers is not None and (isinstance(layers, str) or not layers):
-            raise ValueError(
+            raise UserInputError(
                 f"layers={layers!r} must be a non-empty list of layer names.\nHINT: e.g. layers: [conv1, conv2, conv3]."
             )
         self.require_at_least(1, every_n_epochs=every_n_epochs)
@@ -102,12 +104,7 @@ class ProbeSchedule(L.Callback):
         self.methods = list(methods)
         self.last_step: int | None = None
 
-    @staticmethod
-    def require_at_least(minimum: int, **counts: int) -> None:
-        """Raise ``ValueError`` naming the first count below ``minimum``."""
-        for name, value in counts.items():
-            if value < minimum:
-                raise ValueError(f"{name}={value} must be at least {minimum}.\nHINT: e.g. {name}: {max(minimum, 1)}.")
+    require_at_least = staticmethod(require_at_least)  # the subclasses' checks of their own counts
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -116,7 +113,7 @@ class ProbeSchedule(L.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if nth_epoch(trainer, self.every_n_epochs):
             self._probe(trainer, pl_module)
 
     @override

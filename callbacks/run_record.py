@@ -40,6 +40,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_private import user_hparams
 from precision_choice import cpu_bf16_feature
 from user_input import UserInputError
 
@@ -85,8 +86,7 @@ def versions() -> dict[str, str]:
 
 def _jsonable(hparams: Any) -> dict[str, Any]:
     """Hyperparameters hold tuples, paths and callables; keep what JSON can say and name the rest."""
-    kept = {key: value for key, value in dict(hparams).items() if key != "_instantiator"}
-    return json.loads(json.dumps(kept, default=repr))
+    return json.loads(json.dumps(user_hparams(hparams), default=repr))
 
 
 class RunRecorder(L.Callback):

@@ -37,19 +37,29 @@ Why not Lightning's ``BaseFinetuning``: three of its choices break this project.
   replaces every BatchNorm with a new ``SyncBatchNorm`` (same name, same
   parameters) after this callback's ``setup``.
 
-Learning rates: each stage adds one parameter group, ``stage<i>``, for the
-parameters it unfreezes, so the optimiser's moments survive an unfreeze. By
-default (``lr_applies_to="all"``) the stage's rate then applies to every group,
-as in SPEC section 4 ("everything at 1e-5"); ``lr_applies_to="added"`` gives
-the stage's rate to the new group only and earlier groups keep theirs (as the
-scheduler left them), a discriminative schedule. ``reset_optimizer=True`` restores the
-source's behaviour instead: at each stage every trainable parameter goes into
-one fresh group at the stage's rate, with the optimiser state (Adam's moments
-and step counts) and the plateau counters cleared.
+Learning rates: one setting, ``stage_lr``, says what a stage does to the optimiser.
+
+- ``all`` (default, SPEC section 4: "everything at 1e-5"): the stage adds one
+  parameter group, ``stage<i>``, for the parameters it unfreezes, so the
+  optimiser's moments survive an unfreeze; its ``lr`` becomes every group's rate.
+- ``added``: as ``all``, but only the new group gets the stage's rate; earlier
+  groups keep theirs (as the scheduler left them), a discriminative schedule.
+- ``reset``: the source's behaviour: every trainable parameter goes into one
+  fresh group at the stage's rate, with the optimiser state (Adam's moments and
+  step counts) and the plateau counters cleared.
+
+The older keys ``reset_optimizer: true`` and ``lr_applies_to: all|added`` still
+work, with a deprecation warning naming ``stage_lr``; together they are refused
+where they disagree (``reset_optimizer`` used to override ``lr_applies_to`` silently).
+
+As in Lightning's ``BaseFinetuning``, mechanics and policy are apart: one path
+begins stages (at fit start, resumed or not, and at an epoch start), and the
+``stage_lr`` policy only decides the groups and their rates (``_regroup``).
 
 Schedulers: ``ReduceLROnPlateau`` keeps one minimum per group, extended here as
-groups are added. Schedulers that compute rates from per-group base rates
-would rescale or break when groups appear, so they are refused at start.
+groups are added (through ``lightning_private``, which owns its internals).
+Schedulers that compute rates from per-group base rates would rescale or break
+when groups appear, so they are refused at start.
 """
 
 from __future__ import annotations
@@ -59,14 +69,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_private import rewrap_ddp
-
+from lightning_private import plateau_fit_groups, plateau_min_lr, plateau_restart, rewrap_ddp
 from user_input import UserInputError
 
 __all__ = ["ProgressiveUnfreeze", "Stage"]
@@ -75,6 +86,7 @@ __all__ = ["ProgressiveUnfreeze", "Stage"]
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 ALL = "all"
+STAGE_LR = ("all", "added", "reset")
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,12 @@ class Stage:
             )
         return cls(epoch, tuple(name.removeprefix("+") for name in train), float(lr), extends=all(added))
 
+    def trains(self) -> str:
+        """What the stage trains, as configured: ``+layer3, +layer4``, ``conv1, fc`` or ``all``."""
+        if self.train is None:
+            return ALL
+        return ", ".join(f"+{name}" if self.extends else name for name in self.train)
+
 
 class ProgressiveUnfreeze(L.Callback):
     """Train more of the model at each stage, each newly unfrozen part in its own parameter group.
@@ -132,7 +150,7 @@ class ProgressiveUnfreeze(L.Callback):
     Logs ``unfreeze/stage`` each epoch; each group's rate is Lightning's
     ``LearningRateMonitor``'s job (``lr-Adam/stage<i>``). ``stage_start_steps``
     (the global step at which each stage began) and ``stage_boundaries`` (their
-    epochs) let plots mark the stages; the former is kept in checkpoints.
+    epochs) let plots mark the stages (``stage_label``); the former is kept in checkpoints.
 
     Args:
         stages: The schedule, one mapping per stage with ``epoch`` (0-based, the
@@ -143,28 +161,26 @@ class ProgressiveUnfreeze(L.Callback):
             has one (every ``ImageClassifier``), else the LightningModule itself.
         train_bn: Let BatchNorm layers in frozen modules learn and update their
             running statistics from the start; by default they do neither.
-        reset_optimizer: The source's behaviour: a fresh optimiser state and one
-            parameter group at the stage's rate at every stage.
-        lr_applies_to: ``"all"``: a stage's ``lr`` becomes the rate of every
-            group; ``"added"``: only of the parameters that stage unfreezes.
+        stage_lr: ``"all"``: a stage's ``lr`` becomes the rate of every group;
+            ``"added"``: only of the parameters that stage unfreezes; ``"reset"``:
+            the source's fresh optimiser state and one group at the stage's rate.
+        reset_optimizer: Deprecated: ``stage_lr: reset``.
+        lr_applies_to: Deprecated: ``stage_lr: all`` or ``stage_lr: added``.
 
     Raises:
-        ValueError: A malformed stage, epochs not increasing, a non-positive rate.
+        UserInputError: A malformed stage, epochs not increasing, a non-positive
+            rate, an unknown ``stage_lr``, or old keys that disagree with it.
     """
 
     def __init__(
         self,
         stages: Sequence[Mapping[str, Any] | Stage],
         train_bn: bool = False,
-        reset_optimizer: bool = False,
-        lr_applies_to: Literal["all", "added"] = "all",
+        stage_lr: Literal["all", "added", "reset"] | None = None,
+        reset_optimizer: bool | None = None,
+        lr_applies_to: Literal["all", "added"] | None = None,
     ) -> None:
-        if lr_applies_to not in ("all", "added"):
-            raise UserInputError(
-                f"lr_applies_to={lr_applies_to!r} is not one of 'all', 'added'.\n"
-                "HINT: 'all' lowers every group to the stage's rate (SPEC), 'added' only the new group."
-            )
-        self.lr_applies_to = lr_applies_to
+        self.stage_lr = _stage_lr(stage_lr, reset_optimizer, lr_applies_to)
         if not stages:
             raise UserInputError(
                 "ProgressiveUnfreeze needs at least one stage.\nHINT: e.g. stages: [{epoch: 0, train: all, lr: 1.0e-3}]."
@@ -179,11 +195,25 @@ class ProgressiveUnfreeze(L.Callback):
         if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
             raise UserInputError(f"Stage epochs {epochs} must be strictly increasing.\nHINT: e.g. 0, 5, 20.")
         self.train_bn = train_bn
-        self.reset_optimizer = reset_optimizer
         self.stage = -1  # index of the stage in effect; -1 before fit starts
         self.stage_start_steps: list[int] = []
         self._trainable: list[list[nn.Parameter]] = []  # per stage, in model order
         self._covered: list[set[str]] = []  # per stage, dotted names (in pl_module) of the modules that train
+
+    @property
+    def reset_optimizer(self) -> bool:
+        """Whether each stage starts a fresh optimiser (``stage_lr: reset``)."""
+        return self.stage_lr == "reset"
+
+    @property
+    def lr_applies_to(self) -> str:
+        """The groups a stage's rate applies to: ``all`` (also under ``reset``: there is one) or ``added``."""
+        return "added" if self.stage_lr == "added" else ALL
+
+    def stage_label(self, index: int) -> str:
+        """``stage 1: +layer3, +layer4 @ 1e-4``: its number (as ``unfreeze/stage``, ``stage<i>``), what trains, its rate."""
+        stage = self.stages[index]
+        return f"stage {index}: {stage.trains()} @ {np.format_float_scientific(stage.lr, trim='-', exp_digits=1)}"
 
     @property
     def stage_boundaries(self) -> list[int]:
@@ -227,7 +257,7 @@ class ProgressiveUnfreeze(L.Callback):
             if not previous < chosen:
                 what = "would freeze parameters that already train" if previous - chosen else "adds no parameters"
                 raise UserInputError(
-                    f"stages[{index}] (train={_describe(stage)}) {what}.\n"
+                    f"stages[{index}] (train={stage.trains()}) {what}.\n"
                     "HINT: each stage must unfreeze more of the model; write `+name` to add to the previous stage."
                 )
             self._trainable.append(trainable)
@@ -242,57 +272,51 @@ class ProgressiveUnfreeze(L.Callback):
                 "sets the groups and their learning rates itself.\n"
                 "HINT: leave model.backbone_lr unset when the trainer has a ProgressiveUnfreeze callback."
             )
-        scheduler = _plateau_or_none(trainer)
-        # A fresh run starts at stage 0; a resumed one at the stage its checkpoint holds. Lightning loads
-        # the optimiser and scheduler state after this hook, into exactly these groups.
-        self.stage = max(self.stage, 0)
+        # A fresh run starts at stage 0; a resumed one at the stage its checkpoint holds, its groups rebuilt from
+        # scratch. Lightning loads the optimiser and scheduler state after this hook, into exactly these groups.
         optimizer.param_groups.clear()
         optimizer.state.clear()
-        if self.reset_optimizer:
-            self._add_group(optimizer, self.stage, self._trainable[self.stage])
-        else:
-            for index in range(self.stage + 1):
-                self._add_group(optimizer, index, self._new_in(index))
-            self._apply_stage_rate(optimizer)
-        _fit_plateau(scheduler, optimizer)
-        if not self.stage_start_steps:
-            self.stage_start_steps = [trainer.global_step]
-        self._apply_trainable(trainer, pl_module)
+        self._begin_stages(trainer, pl_module, first=0, target=max(self.stage, 0))
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         target = self.stage_at(trainer.current_epoch)
         if target > self.stage:
-            optimizer = _single_optimizer(trainer)
-            scheduler = _plateau_or_none(trainer)
-            if self.reset_optimizer:
-                optimizer.param_groups.clear()
-                optimizer.state.clear()
-                self._add_group(optimizer, target, self._trainable[target])
-                if scheduler is not None:
-                    _restart_plateau(scheduler)  # the source built a fresh scheduler with its fresh optimiser
-            else:
-                for index in range(self.stage + 1, target + 1):
-                    self._add_group(optimizer, index, self._new_in(index))
-            self.stage_start_steps += [trainer.global_step] * (target - self.stage)
-            self.stage = target
-            if not self.reset_optimizer:
-                self._apply_stage_rate(optimizer)
-            _fit_plateau(scheduler, optimizer)
-            self._apply_trainable(trainer, pl_module)
+            self._begin_stages(trainer, pl_module, first=self.stage + 1, target=target)
         self._apply_batch_norm_modes(pl_module)
         pl_module.log("unfreeze/stage", float(self.stage), on_step=False, on_epoch=True)
+
+    def _begin_stages(self, trainer: L.Trainer, pl_module: L.LightningModule, first: int, target: int) -> None:
+        """Mechanics: stages ``first..target`` begin now; groups by the ``stage_lr`` policy, then what trains."""
+        optimizer = _single_optimizer(trainer)
+        scheduler = _plateau_or_none(trainer)
+        self.stage = target
+        # One start step per stage begun; a resume already holds the steps of the stages it restored.
+        self.stage_start_steps += [trainer.global_step] * (target + 1 - len(self.stage_start_steps))
+        self._regroup(optimizer, scheduler, first)
+        if scheduler is not None:
+            plateau_fit_groups(scheduler, plateau_min_lr(scheduler))  # checked by _plateau_or_none
+        self._apply_trainable(trainer, pl_module)
+
+    def _regroup(self, optimizer: Optimizer, scheduler: ReduceLROnPlateau | None, first: int) -> None:
+        """Policy: the parameter groups and rates once stages ``first..self.stage`` have begun."""
+        if self.stage_lr == "reset":
+            optimizer.param_groups.clear()
+            optimizer.state.clear()
+            self._add_group(optimizer, self.stage, self._trainable[self.stage])
+            if scheduler is not None:
+                plateau_restart(scheduler)  # the source built a fresh scheduler with its fresh optimiser
+            return
+        for index in range(first, self.stage + 1):
+            self._add_group(optimizer, index, self._new_in(index))
+        if self.stage_lr == ALL:
+            for group in optimizer.param_groups:
+                group["lr"] = self.stages[self.stage].lr
 
     def _new_in(self, index: int) -> list[nn.Parameter]:
         """Parameters that start training at stage ``index``."""
         before = {id(p) for p in self._trainable[index - 1]} if index > 0 else set()
         return [p for p in self._trainable[index] if id(p) not in before]
-
-    def _apply_stage_rate(self, optimizer: Optimizer) -> None:
-        """With ``lr_applies_to="all"``, every group trains at the current stage's rate."""
-        if self.lr_applies_to == "all":
-            for group in optimizer.param_groups:
-                group["lr"] = self.stages[self.stage].lr
 
     def _add_group(self, optimizer: Optimizer, index: int, params: list[nn.Parameter]) -> None:
         optimizer.add_param_group({"params": params, "lr": self.stages[index].lr, "name": f"stage{index}"})
@@ -329,10 +353,34 @@ class ProgressiveUnfreeze(L.Callback):
         self.stage_start_steps = list(state_dict["stage_start_steps"])
 
 
-def _describe(stage: Stage) -> str:
-    if stage.train is None:
-        return ALL
-    return str([f"+{name}" if stage.extends else name for name in stage.train])
+def _stage_lr(stage_lr: str | None, reset_optimizer: bool | None, lr_applies_to: str | None) -> str:
+    """The ``stage_lr`` policy, from the setting or from the two keys it replaces (with a deprecation warning)."""
+    for key, value, allowed in (("stage_lr", stage_lr, STAGE_LR), ("lr_applies_to", lr_applies_to, STAGE_LR[:2])):
+        if value is not None and value not in allowed:
+            raise UserInputError(
+                f"{key}={value!r} is not one of {', '.join(map(repr, allowed))}.\n"
+                "HINT: stage_lr: all lowers every group to the stage's rate (SPEC), added only the new group, "
+                "reset starts a fresh optimiser each stage."
+            )
+    if reset_optimizer is None and lr_applies_to is None:
+        return stage_lr or ALL
+    given = {k: v for k, v in (("reset_optimizer", reset_optimizer), ("lr_applies_to", lr_applies_to)) if v is not None}
+    old = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in given.items())
+    if reset_optimizer and lr_applies_to == "added":
+        raise UserInputError(
+            f"ProgressiveUnfreeze: {old} disagree: a reset optimiser has one group, "
+            "so no earlier group keeps its rate.\n"
+            "HINT: replace both with stage_lr: reset (the source's fresh optimiser) or stage_lr: added."
+        )
+    translated = "reset" if reset_optimizer else lr_applies_to or ALL
+    if stage_lr is not None and stage_lr != translated:
+        raise UserInputError(
+            f"ProgressiveUnfreeze: stage_lr: {stage_lr} and the older {old} disagree.\n"
+            f"HINT: remove {', '.join(given)}; stage_lr alone says it."
+        )
+    verb = "are" if len(given) > 1 else "is"
+    rank_zero_deprecation(f"ProgressiveUnfreeze: {old} {verb} deprecated; write stage_lr: {translated} instead.")
+    return translated
 
 
 def _submodule(root: nn.Module, name: str, index: int) -> nn.Module:
@@ -369,24 +417,9 @@ def _plateau_or_none(trainer: L.Trainer) -> ReduceLROnPlateau | None:
             "HINT: use torch.optim.lr_scheduler.ReduceLROnPlateau, or --model.scheduler null."
         )
     scheduler = schedulers[0]
-    if scheduler.default_min_lr is None and len(set(scheduler.min_lrs)) > 1:
+    if plateau_min_lr(scheduler) is None:
         raise UserInputError(
-            f"ReduceLROnPlateau has per-group min_lr {scheduler.min_lrs}, which cannot cover groups added later.\n"
+            "ReduceLROnPlateau has a different min_lr per group, which cannot cover groups added later.\n"
             "HINT: give min_lr as one number."
         )
     return scheduler
-
-
-def _fit_plateau(scheduler: ReduceLROnPlateau | None, optimizer: Optimizer) -> None:
-    """One minimum rate per group, as the scheduler expects when it lowers them."""
-    if scheduler is None:
-        return
-    floor = scheduler.default_min_lr if scheduler.default_min_lr is not None else scheduler.min_lrs[0]
-    scheduler.min_lrs = [floor] * len(optimizer.param_groups)
-
-
-def _restart_plateau(scheduler: ReduceLROnPlateau) -> None:
-    """Forget the best loss and the patience spent, as a newly built scheduler would."""
-    scheduler.best = scheduler.mode_worse
-    scheduler.num_bad_epochs = 0
-    scheduler.cooldown_counter = 0

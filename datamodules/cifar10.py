@@ -6,7 +6,11 @@ from torchvision.datasets import CIFAR10
 
 from datamodules.image_datamodule import ImageDataModule
 
-__all__ = ["CIFAR10DataModule"]
+__all__ = ["CIFAR10DataModule", "CIFAR10_MEAN", "CIFAR10_STD"]
+
+# The reference recipe's normalisation statistics (SPEC section 2): the one place they are written.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -18,5 +22,5 @@ class CIFAR10DataModule(ImageDataModule):
     torchvision_dataset = CIFAR10
     torchvision_folder = "cifar-10-batches-py"
     channels = 3
-    default_mean = (0.4914, 0.4822, 0.4465)
-    default_std = (0.2023, 0.1994, 0.2010)
+    default_mean = CIFAR10_MEAN
+    default_std = CIFAR10_STD

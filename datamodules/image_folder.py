@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.io import ImageReadMode, decode_image
 
+from callbacks.fault_tolerance import replaced_atomically
 from user_input import UserInputError
 
 __all__ = ["DataError", "ImageSet", "IMAGE_SUFFIXES", "find_classes", "load_image_folder", "read_loose_images"]
@@ -194,17 +194,11 @@ def _write_cache(cache: Path, images: ImageSet) -> None:
     """Save atomically and drop stale caches of the same split; a failure only costs speed."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(
-                    {"images": images.images, "labels": images.labels, "classes": images.classes, "paths": images.paths},
-                    file,
-                )
-            os.replace(temporary, cache)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        with replaced_atomically(cache) as file:  # honours the umask, as every file the run writes
+            torch.save(
+                {"images": images.images, "labels": images.labels, "classes": images.classes, "paths": images.paths},
+                file,
+            )
         prefix = cache.name.rsplit("-", 1)[0] + "-"
         for stale in cache.parent.glob(f"{prefix}*.pt"):
             if stale != cache:

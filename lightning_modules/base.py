@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from lightning_private import epochs_trained, scheduler_parts
 from user_input import UserInputError
 
@@ -83,8 +84,8 @@ class ImageClassifier(L.LightningModule):
         self,
         num_classes: int = 10,
         input_shape: Sequence[int] = (3, 32, 32),
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2023, 0.1994, 0.2010),
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = CIFAR10_STD,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = reference_plateau,
         label_smoothing: float = 0.0,
@@ -240,9 +241,16 @@ class ImageClassifier(L.LightningModule):
 
     def class_names(self) -> list[str]:
         """Class names from the datamodule, else the class indices as text."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self._attached_trainer(), "datamodule", None)
         classes = getattr(datamodule, "classes", None)
         return list(classes) if classes else [str(c) for c in range(self.num_classes)]
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The trainer, or None outside one (``load_from_checkpoint``, plain inference), where ``trainer`` raises."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities, with the true labels (-1: unknown) and dataset indices when the batch has them."""
@@ -266,7 +274,7 @@ class ImageClassifier(L.LightningModule):
         restoring the loops (more); this is the user's choice of flag, so it gets the exit status and
         the HINT of the other user errors.
         """
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         if trainer is None or trainer.state.fn != "fit" or trainer.max_epochs in (None, -1):
             return
         done = epochs_trained(checkpoint)
@@ -279,7 +287,7 @@ class ImageClassifier(L.LightningModule):
 
     def _check_classes(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint trained on other classes before its weights fail to fit (or silently fit)."""
-        if self._trainer is None:
+        if self._attached_trainer() is None:
             return  # load_from_checkpoint: no data to compare with
         ours = self.class_names()
         saved = checkpoint.get("classes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import pickle
 from pathlib import Path
 
@@ -249,3 +250,14 @@ def test_ranks_agree_on_rank_0s_shuffle_seed_without_seed_everything(tiny_data, 
     dm.setup("fit")
     assert sent == [(torch.initial_seed() % 2**62, 0)] and dm.shuffle_seed == 12345
     assert dm.train_dataloader().sampler.seed == 12345
+
+
+def test_cifar10_normalisation_statistics_are_written_once():
+    """The model's default, the datamodule's and the benchmarks' all import one definition: copies drift."""
+    from lightning_modules import ImageClassifier
+    from tests.conftest import REPO
+
+    sources = [*REPO.glob("*.py"), *REPO.glob("*/*.py")]
+    typed = [str(p.relative_to(REPO)) for p in sources if "tests" not in p.parts and "0.4914" in p.read_text()]
+    assert typed == ["datamodules/cifar10.py"]
+    assert inspect.signature(ImageClassifier).parameters["mean"].default == CIFAR10DataModule.default_mean

@@ -40,6 +40,19 @@ def test_second_load_comes_from_the_cache(split, tmp_path, monkeypatch):
     assert torch.equal(first.images, second.images) and first.paths == second.paths
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_cache_file_gets_the_umask_permissions(split, tmp_path, umask):
+    """Written through the one atomic writer: a shared cache is readable as the umask allows, not 0600."""
+    previous = os.umask(umask)
+    try:
+        load_image_folder(split, cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    (cached,) = (tmp_path / "cache").glob("*.pt")
+    assert cached.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]  # no temporary left behind
+
+
 def test_cache_is_rebuilt_when_a_file_changes_or_appears(split, tmp_path):
     cache = tmp_path / "cache"
     load_image_folder(split, cache_dir=cache)

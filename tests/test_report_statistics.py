@@ -98,16 +98,63 @@ def test_paired_bootstrap_draws_the_same_images_for_both_configs():
     assert (result.difference, result.low, result.high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
-def test_paired_bootstrap_resamples_each_configs_seeds():
-    # Images do not matter here (every run scores all alike); only which seeds are drawn:
-    # the first config's mean over two draws from {100 %, 0 %} minus the second's 100 %
-    # is -1, -0.5 or 0 with probabilities 1/4, 1/2, 1/4.
-    first = np.array([[1, 1, 1, 1], [0, 0, 0, 0]], bool)
-    second = np.ones((1, 4), bool)
-    result = paired_bootstrap(first, second, resamples=20_000, seed=1)
-    assert result.difference == -0.5
-    assert (result.low, result.high) == (-1.0, 0.0)
-    assert result.p_value == pytest.approx(2 * 0.25, abs=0.02)  # P*(d >= 0) = 1/4, standard error 0.003
+def _nested(accuracies: list[float], images: int = 10) -> np.ndarray:
+    """One run per accuracy, each right on the first ``accuracy * images`` images."""
+    return np.array([[i < round(a * images) for i in range(images)] for a in accuracies])
+
+
+def test_paired_bootstrap_adds_the_seeds_as_a_pooled_student_t():
+    # Runs right on the first 5/6/7 and 4/5/6 of 10 images: every disagreement between two runs of a config
+    # is one image's noise, and the image draw holds no more than that noise, so it narrows to nothing and the
+    # interval is the seeds' alone: 0.1 +- t(4) * sqrt(s2 * (1/3 + 1/3)), s2 = 0.01 pooled over 2 + 2 dof.
+    result = paired_bootstrap(_nested([0.5, 0.6, 0.7]), _nested([0.4, 0.5, 0.6]), resamples=40_000, seed=2)
+    half_width = t_quantile(0.975, 4) * math.sqrt(0.01 * 2 / 3)
+    assert result.difference == pytest.approx(0.1)
+    expected = (pytest.approx(0.1 - half_width, abs=0.006), pytest.approx(0.1 + half_width, abs=0.006))
+    assert (result.low, result.high) == expected
+    assert result.about_configs and result.caveat is None
+
+
+def test_one_run_per_config_covers_the_runs_and_says_so():
+    one_each = paired_bootstrap(_nested([0.6]), _nested([0.4]), resamples=200)
+    assert not one_each.about_configs
+    assert "one run per config" in one_each.caveat and "not the configs" in one_each.caveat
+    # One run on one side only: the other config's seeds stand in for its spread.
+    assert paired_bootstrap(_nested([0.6]), _nested([0.4, 0.5]), resamples=200).about_configs
+
+
+def _coverage(runs: tuple[int, int], seed_sd: float, trials: int, rng: np.random.Generator) -> tuple[float, float]:
+    """How often the 95 % interval holds the configs' difference, and the two runs' own (one run a side).
+
+    CIFAR-like test sets of 10,000 images at about 88 %: 80 % of the images are right with chance 0.98 for
+    both configs; the rest with chance p (uniform in [0.12, 0.86]) for the first and p + g for the second,
+    g uniform in [-0.10, 0.08], so the configs differ by 0.2 points on the images' population. Each run
+    shifts its config's chances by a seed effect drawn with sd ``seed_sd``.
+    """
+    configs = runs_own = 0
+    hard = np.arange(10_000) < 2_000
+    for trial in range(trials):
+        p = np.where(hard, rng.uniform(0.12, 0.86, hard.size), 0.98)
+        chances = (p, p + hard * rng.uniform(-0.10, 0.08, hard.size))
+        shifts = [rng.normal(0.0, seed_sd, n) for n in runs]
+        right = [rng.random((n, p.size)) < q + s[:, None] for n, q, s in zip(runs, chances, shifts)]
+        result = paired_bootstrap(*right, resamples=400, seed=trial)
+        configs += result.low <= 0.002 <= result.high
+        runs_own += result.low <= 0.002 + shifts[0].mean() - shifts[1].mean() <= result.high
+    return configs / trials, runs_own / trials
+
+
+@pytest.mark.parametrize(
+    ("runs", "seed_sd", "covers"),
+    [
+        ((3, 3), 0.0, "configs"),  # the check's 100 %: each run's image noise was counted twice
+        ((3, 3), 0.006, "configs"),  # its 92 %: 3 resampled seeds spread too little
+        ((1, 1), 0.003, "runs"),  # its 80.5 % for the configs: with one seed a side, a claim about the runs only
+    ],
+)
+def test_paired_bootstrap_covers_95_percent_in_simulation(runs, seed_sd, covers):
+    configs, runs_own = _coverage(runs, seed_sd, trials=600, rng=np.random.default_rng(7))
+    assert 0.93 <= (configs if covers == "configs" else runs_own) <= 0.97, (configs, runs_own)
 
 
 def test_paired_bootstrap_refuses_mismatched_images():

@@ -15,6 +15,7 @@ from callbacks import ProgressiveUnfreeze
 from tests.conftest import NO_PICTURES, REPO, config_with_stages
 from tests.test_cli import tiny_args
 from tests.unfreeze_helpers import ScheduleRecorder, write_config
+from user_input import UserInputError
 
 RECORDER = "tests.unfreeze_helpers.ScheduleRecorder"
 
@@ -121,20 +122,20 @@ def _optimizer_view(cli) -> list[tuple]:
     return [(g["name"], g["lr"], [names[id(p)] for p in g["params"]]) for g in cli.trainer.optimizers[0].param_groups]
 
 
-@pytest.mark.parametrize("reset_optimizer", [False, True], ids=["keep", "reset"])
-def test_resume_after_each_epoch_matches_the_straight_run(tiny_data, run_cli, tmp_path, reset_optimizer):
-    straight = _fit(run_cli, tmp_path, tiny_data, "straight", reset_optimizer=reset_optimizer)
+@pytest.mark.parametrize("stage_lr", ["all", "reset"])
+def test_resume_after_each_epoch_matches_the_straight_run(tiny_data, run_cli, tmp_path, stage_lr):
+    straight = _fit(run_cli, tmp_path, tiny_data, "straight", stage_lr=stage_lr)
     expected = {n: p.detach().clone() for n, p in straight.model.named_parameters()}
     expected_trainable = {n for n, p in straight.model.named_parameters() if p.requires_grad}
     expected_groups = _optimizer_view(straight)
     expected_steps = _callback(straight, ProgressiveUnfreeze).stage_start_steps
     # One run stopped after every epoch: 1 epoch, then resumed to 2, to 3 and to the end. Each resume crosses a
     # stage change, and any state it lost would move the final bits.
-    _fit(run_cli, tmp_path, tiny_data, "resumed", "--trainer.max_epochs", 1, reset_optimizer=reset_optimizer)
+    _fit(run_cli, tmp_path, tiny_data, "resumed", "--trainer.max_epochs", 1, stage_lr=stage_lr)
     for k in (2, 3, None):
         length = [] if k is None else ["--trainer.max_epochs", k]
         resumed = _fit(run_cli, tmp_path, tiny_data, "resumed", *length, "--ckpt_path", "last",
-                       reset_optimizer=reset_optimizer)
+                       stage_lr=stage_lr)
         assert resumed.trainer.current_epoch == (k or straight.trainer.current_epoch)
     assert Path(resumed.trainer.log_dir).name == "version_0"  # every resume continued the one run
     assert resumed.trainer.global_step == straight.trainer.global_step
@@ -145,8 +146,9 @@ def test_resume_after_each_epoch_matches_the_straight_run(tiny_data, run_cli, tm
     assert _callback(resumed, ProgressiveUnfreeze).stage_start_steps == expected_steps
 
 
-def test_reset_optimizer_starts_a_fresh_adam_each_stage(tiny_data, run_cli, tmp_path):
-    cli = _fit(run_cli, tmp_path, tiny_data, "reset", callbacks=(RECORDER,), reset_optimizer=True)
+@pytest.mark.parametrize("setting", [{"stage_lr": "reset"}, {"reset_optimizer": True}], ids=["stage_lr", "old_key"])
+def test_reset_starts_a_fresh_adam_each_stage(tiny_data, run_cli, tmp_path, setting):
+    cli = _fit(run_cli, tmp_path, tiny_data, "reset", callbacks=(RECORDER,), **setting)
     epochs = _callback(cli, ScheduleRecorder).epochs
     for record in epochs:
         stage = min(record["epoch"], 2)
@@ -204,14 +206,53 @@ def test_resnet_cbam_config_schedule_through_the_cli(tiny_data_16, run_cli, tmp_
 
 def test_added_scope_keeps_earlier_groups_at_their_rates(tiny_data, run_cli, tmp_path):
     cli = _fit(run_cli, tmp_path, tiny_data, "added", "--trainer.max_epochs", 3, callbacks=(RECORDER,),
-               lr_applies_to="added", scheduler=None)
+               stage_lr="added", scheduler=None)
     third = _callback(cli, ScheduleRecorder).epochs[2]
     assert [g["lr"] for g in third["groups"]] == [rate for _, rate in ADDED]
 
 
 def test_unknown_lr_scope_is_refused():
-    with pytest.raises(ValueError, match="lr_applies_to='some'"):
+    with pytest.raises(UserInputError, match="lr_applies_to='some'"):
         ProgressiveUnfreeze(stages=[{"epoch": 0, "train": "all", "lr": 1e-3}], lr_applies_to="some")
+    with pytest.raises(UserInputError, match="stage_lr='some'.*\nHINT: stage_lr: all"):
+        ProgressiveUnfreeze(stages=[{"epoch": 0, "train": "all", "lr": 1e-3}], stage_lr="some")
+
+
+@pytest.mark.parametrize(
+    ("old", "expected"),
+    [
+        ({"reset_optimizer": True}, "reset"),
+        ({"reset_optimizer": True, "lr_applies_to": "all"}, "reset"),
+        ({"lr_applies_to": "added"}, "added"),
+        ({"reset_optimizer": False, "lr_applies_to": "all"}, "all"),  # what a config saved by an older run holds
+    ],
+)
+def test_old_keys_still_work_and_name_the_new_one(old, expected):
+    with pytest.warns(DeprecationWarning, match=f"write stage_lr: {expected} instead"):
+        unfreeze = ProgressiveUnfreeze([{"epoch": 0, "train": "all", "lr": 1e-3}], **old)
+    assert unfreeze.stage_lr == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        # reset_optimizer used to override lr_applies_to silently
+        ({"reset_optimizer": True, "lr_applies_to": "added"}, "HINT: replace both with stage_lr: reset"),
+        ({"stage_lr": "added", "reset_optimizer": True}, "HINT: remove reset_optimizer"),
+    ],
+)
+def test_settings_that_disagree_are_refused(given, named):
+    with pytest.raises(UserInputError, match=named):
+        ProgressiveUnfreeze([{"epoch": 0, "train": "all", "lr": 1e-3}], **given)
+
+
+def test_stage_label_says_what_the_stage_trains_and_its_rate():
+    unfreeze = ProgressiveUnfreeze([{"epoch": 0, "train": ["conv1", "fc"], "lr": 1e-3},
+                                    {"epoch": 5, "train": ["+layer3", "+layer4"], "lr": 1e-4},
+                                    {"epoch": 9, "train": "all", "lr": 2.5e-5}])
+    assert [unfreeze.stage_label(i) for i in range(3)] == [
+        "stage 0: conv1, fc @ 1e-3", "stage 1: +layer3, +layer4 @ 1e-4", "stage 2: all @ 2.5e-5"
+    ]
 
 
 def test_backbone_lr_and_stages_are_refused_together(tiny_data, run_cli, capsys):
