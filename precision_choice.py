@@ -1,8 +1,8 @@
 """Which precision a run trains in when the user does not say: bf16 where the hardware runs it natively.
 
 bf16 autocast halves the bytes every convolution moves and, on hardware with
-bf16 arithmetic, doubles its throughput: a CNN step here (AVX512_BF16, one
-thread) runs 2.3x faster in bf16 than in fp32, a ResNet18 step 2.3x. Where
+bf16 arithmetic, about doubles a training step's throughput (the measured
+figures, per machine: docs/performance.md). Where
 bf16 is only emulated (AVX2, AVX512 without BF16, GPUs before Ampere) the same
 autocast is slower than fp32, so those keep fp32. The result is one of
 Lightning's own precision settings (``bf16-mixed`` or ``32-true``): the

@@ -124,8 +124,9 @@ TEST_ACCURACY_NOTE = (
 COMPARISON_NOTE = (
     "Paired comparisons on the same test images, from each run's predictions. Difference: the first "
     "config's mean test accuracy minus the second's, in points, with a 95 % percentile interval from "
-    "{resamples:,} bootstrap replicates (seed {seed}) that draw the test images with replacement, the same "
-    "draw for both configs, and each config's seeds with replacement; the row says what the interval holds. "
+    "{resamples:,} bootstrap replicates (seed {seed}). Each replicate draws the test images with replacement, "
+    "the same draw for both configs, and adds the seed-to-seed spread pooled over both configs' runs as a "
+    "Student-t draw (report_statistics.paired_bootstrap); the row says what its interval holds. "
     "p: twice the smaller share of replicates on either side of zero. "
     "McNemar per seed both configs ran: images only the first got right vs only the second, and the exact "
     "two-sided p-value. Parameters: the first config's against the second's; what each costs in time is "

@@ -71,7 +71,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation
+from lightning.pytorch.utilities.rank_zero import rank_zero_deprecation, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -234,6 +234,13 @@ class ProgressiveUnfreeze(L.Callback):
                 "HINT: use --trainer.strategy ddp (or auto on one device)."
             )
         self._resolve(pl_module)
+        if pl_module.hparams.get("pretrained") is False:
+            rank_zero_warn(
+                "ProgressiveUnfreeze is fine-tuning a network built with pretrained=False: its early stages keep "
+                "randomly initialised layers frozen and train the rest at rates meant for pretrained weights.\n"
+                "HINT: to train from scratch, use configs/resnet_cbam_fast.yaml (every layer trains from the "
+                "first epoch); to fine-tune, give the ImageNet weights (README, Quick start)."
+            )
 
     def _resolve(self, pl_module: L.LightningModule) -> None:
         """Turn every stage's names into its trainable parameters and covered modules, checking them."""

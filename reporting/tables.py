@@ -244,11 +244,14 @@ def _ratio_cell(first: float | None, second: float | None, fmt: Callable[[float]
     return f"{fmt(first)} vs {fmt(second)} (×{first / second:.3f})"
 
 
-def _interval_scope(first_seeds: int, second_seeds: int) -> str:
-    """What a row's bootstrap interval can speak for, from its own seeds."""
-    if min(first_seeds, second_seeds) > 1:
-        return "test images and seeds"
-    return "test images only: one seed a side, so not a claim about the configs"
+def _interval_scope(comparison: Comparison) -> str:
+    """What a row's interval can speak for, from its own seeds (``paired_bootstrap``'s ``about_configs``)."""
+    first, second = (len(seeds) for seeds in comparison.seeds)
+    if not comparison.bootstrap.about_configs:
+        return f"these two runs only: {comparison.bootstrap.caveat}"
+    if min(first, second) == 1:
+        return "test images and seeds (the config with one run taken to vary as the other)"
+    return "test images and seeds"
 
 
 def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Comparison]) -> str:
@@ -269,7 +272,7 @@ def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Compari
             f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]",
             _p_value(boot.p_value, boot.resamples),
             f"{len(c.seeds[0])} vs {len(c.seeds[1])} on {boot.images:,} images",
-            _interval_scope(len(c.seeds[0]), len(c.seeds[1])),
+            _interval_scope(c),
             "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in c.mcnemar) or "no seed in common",
             _ratio_cell(*parameters, lambda v: f"{v:,.0f}"),
         ])

@@ -191,11 +191,13 @@ def test_resnet_cbam_config_schedule_through_the_cli(tiny_data_16, run_cli, tmp_
     stages = [{"epoch": 0, "train": ["conv1", "cbam", "fc"], "lr": 1.0e-3},
               {"epoch": 1, "train": ["+layer3", "+layer4"], "lr": 1.0e-4}]
     config = config_with_stages(tmp_path, stages)
-    cli = run_cli(
-        "fit", *tiny_args(config, tiny_data_16), "--trainer.callbacks+=" + RECORDER,
-        "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 1, "--trainer.limit_val_batches", 1,
-        "--data.batch_size", 4,
-    )
+    # Offline the tests build it without ImageNet weights: the run says what that means and where to go.
+    with pytest.warns(UserWarning, match=r"pretrained=False(.|\n)*configs/resnet_cbam_fast.yaml"):
+        cli = run_cli(
+            "fit", *tiny_args(config, tiny_data_16), "--trainer.callbacks+=" + RECORDER,
+            "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 1, "--trainer.limit_val_batches", 1,
+            "--data.batch_size", 4,
+        )
     first, second = (
         {name.split(".")[1] for name in record["trainable"]} for record in _callback(cli, ScheduleRecorder).epochs
     )
