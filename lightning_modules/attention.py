@@ -29,6 +29,14 @@ with is the softmax over positions that pools its context, ``context``
 
 Submodules follow one vocabulary (``fc1, act, fc2, gate``) where the papers have
 the same parts, as timm does.
+
+Written here rather than taken from timm's ``create_attn`` (checked against timm
+1.0.31, ``tests/test_attention_timm.py``): its ECA and its ``gca`` are these ECA
+and GC, but its ``gc`` scales instead of adding, its ``se`` has biases and rounds
+the bottleneck up to 8 channels and its CBAM puts a BatchNorm in the spatial half
+(not SPEC 3's), its ``ge`` is SE with biases by default and its GE cannot be built
+in 1.0.31; with those set aside, a dependency (and huggingface_hub with it) would
+bring two small blocks.
 """
 
 from __future__ import annotations

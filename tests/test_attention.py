@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -290,17 +291,39 @@ def test_a_fitted_checkpoint_of_any_kind_reloads_with_its_kind(tmp_path):
         ("cnn_fast", ["--model.attention", "eca"], CNNClassifier, "conv1.eca"),
         ("cnn_fast", ["--model.attention", "coord", "--model.rd_ratio", "8"], CNNClassifier, "conv3.coord"),
         ("resnet18_fast", ["--model.attention", "cbam"], ResNet18Classifier, "cbam.layer4"),
-        ("cnn_se", [], CNNSEClassifier, "conv2.se"),
-        ("cnn_cbam_fast", [], CNNCBAMClassifier, "conv3.cbam.spatial"),
-        ("resnet_cbam", [], ResNet18CBAMClassifier, "cbam.layer1.channel"),
+        ("cnn_se", [], CNNClassifier, "conv2.se"),
+        ("cnn_cbam_fast", ["--model.attention", "ge"], CNNClassifier, "conv3.ge"),
+        ("resnet_cbam", [], ResNet18Classifier, "cbam.layer1.channel"),
     ],
 )
-def test_configs_choose_the_attention_by_name_and_old_configs_still_parse(config, extra, cls, module, tiny_data):
+def test_configs_choose_the_attention_by_name(config, extra, cls, module, tiny_data):
     built = main([str(a) for a in tiny_args(REPO / f"configs/{config}.yaml", tiny_data)] + extra, run=False)
     assert type(built.model) is cls
     built.model.net.get_submodule(module)
     if "--model.rd_ratio" in extra:
         assert built.model.net.conv3.coord.conv1.out_channels == 16  # 128 / 8
+
+
+# The model sections of the configs before the attention slot (commit 7681424), as users may keep them.
+OLD_MODEL_SECTIONS = {
+    "cnn_se_fast": ("CNNSEClassifier", {"se_ratio": 8}, "conv1.se", 32 // 8),
+    "cnn_cbam": ("CNNCBAMClassifier", {"rd_ratio": 8}, "conv1.cbam.channel", 32 // 8),
+    "resnet_cbam_fast": ("ResNet18CBAMClassifier", {}, "cbam.layer1.channel", 64 // 16),
+}
+
+
+@pytest.mark.parametrize("config", OLD_MODEL_SECTIONS)
+def test_configs_with_the_old_class_paths_still_parse(config, tiny_data, tmp_path):
+    cls, ratio, module, reduced = OLD_MODEL_SECTIONS[config]
+    recipe = yaml.safe_load((REPO / f"configs/{config}.yaml").read_text())
+    arguments = recipe["model"]["init_args"]
+    del arguments["attention"]
+    arguments.pop("rd_ratio", None)
+    recipe["model"] = {"class_path": f"lightning_modules.{cls}", "init_args": {**arguments, **ratio}}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(recipe))
+    built = main([str(a) for a in tiny_args(tmp_path / "old.yaml", tiny_data)], run=False)
+    assert type(built.model).__name__ == cls
+    assert built.model.net.get_submodule(module).fc1.out_features == reduced
 
 
 def test_an_unknown_attention_from_the_command_line_exits_2_with_the_fix(tiny_data, run_cli, capsys):
