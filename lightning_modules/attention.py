@@ -246,35 +246,39 @@ class ProductGate(nn.Module):
 
 
 class CoordinateAttention(nn.Module):
-    """Coordinate attention: pool along rows and along columns -> shared 1x1 conv -> a gate per row and per column.
+    """Coordinate attention: pool along rows and along columns -> shared bottleneck -> a gate per row and per column.
 
-    The two strip descriptors ``[N, C, H, 1]`` and ``[N, C, 1, W]`` share a
-    ``C -> max(8, C/r)`` 1x1 conv with BatchNorm and h-swish, then split into one gate
-    over rows and one over columns per channel; their product (hooked at ``gate``,
-    ``[N, C, H, W]``) scales the input, so the block knows *where* along each axis as
-    well as *which* channel. The paper's bottleneck uses r = 32; here r is the shared
-    ``rd_ratio`` (16 by default), with the paper's floor of 8 channels.
+    The two strip descriptors (each channel's mean over every row, ``[N, C, H]``, and
+    over every column, ``[N, C, W]``) share a ``C -> max(8, C/r)`` 1x1 conv with BatchNorm
+    and h-swish, then split into one gate over rows and one over columns per channel; their
+    product (hooked at ``gate``, ``[N, C, H, W]``) scales the input, so the block knows
+    *where* along each axis as well as *which* channel. The paper's bottleneck uses r = 32;
+    here r is the shared ``rd_ratio`` (16 by default), with the paper's floor of 8 channels.
+    The 1x1 convs over the strips are ``Linear`` layers over the channels (the same
+    weights): as convs over ``[N, C, H + W, 1]`` maps, CPU convolution and BatchNorm took a
+    slow path for channels_last inputs.
     """
 
     def __init__(self, channels: int, rd_ratio: int = 16) -> None:
         super().__init__()
         rd_channels = max(8, _reduced(channels, rd_ratio))
-        self.conv1 = nn.Conv2d(channels, rd_channels, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(rd_channels)
-        self.act = nn.Hardswish(inplace=True)
-        self.conv_h = nn.Conv2d(rd_channels, channels, 1, bias=False)
-        self.conv_w = nn.Conv2d(rd_channels, channels, 1, bias=False)
+        self.fc1 = nn.Linear(channels, rd_channels, bias=False)
+        self.bn1 = nn.BatchNorm1d(rd_channels)
+        self.act = nn.Hardswish()
+        self.fc_h = nn.Linear(rd_channels, channels, bias=False)
+        self.fc_w = nn.Linear(rd_channels, channels, bias=False)
         self.gate = ProductGate()
-        nn.init.normal_(self.conv_h.weight, std=GATE_INIT_STD)
-        nn.init.normal_(self.conv_w.weight, std=GATE_INIT_STD)
+        nn.init.normal_(self.fc_h.weight, std=GATE_INIT_STD)
+        nn.init.normal_(self.fc_w.weight, std=GATE_INIT_STD)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[2]
-        rows = x.mean(dim=3, keepdim=True)  # [N, C, H, 1]
-        columns = x.mean(dim=2, keepdim=True).transpose(2, 3)  # [N, C, W, 1]
-        y = self.act(self.bn1(self.conv1(torch.cat([rows, columns], dim=2))))
-        y_rows, y_columns = y[:, :, :height], y[:, :, height:]
-        return x * self.gate(self.conv_h(y_rows), self.conv_w(y_columns).transpose(2, 3))
+        strips = torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=2)  # [N, C, H + W]
+        y = self.fc1(strips.transpose(1, 2)).transpose(1, 2)  # [N, C/r, H + W]
+        y = self.act(self.bn1(y)).transpose(1, 2)  # [N, H + W, C/r]
+        rows = self.fc_h(y[:, :height]).transpose(1, 2)[:, :, :, None]  # [N, C, H, 1]
+        columns = self.fc_w(y[:, height:]).transpose(1, 2)[:, :, None, :]  # [N, C, 1, W]
+        return x * self.gate(rows, columns)
 
 
 # Each block by the name `--model.attention` takes, which is also the name its modules get in the

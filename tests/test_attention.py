@@ -52,35 +52,6 @@ def blocks(model: L.LightningModule) -> list[nn.Module]:
     return list(model.net.get_submodule(kind).values())
 
 
-@pytest.mark.parametrize("family", ["cnn", "resnet18"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_each_kind_keeps_the_logits_finite_and_trains_all_its_parameters(kind, family):
-    torch.manual_seed(0)
-    model = tiny(family, kind)
-    logits = model(torch.rand(4, *model.input_shape))
-    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
-    F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
-    found = blocks(model)
-    assert len(found) == (3 if family == "cnn" else 4)
-    parameters = [(name, p) for block in found for name, p in block.named_parameters()]
-    assert parameters
-    for name, parameter in parameters:
-        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
-        assert parameter.grad.abs().sum() > 0, name
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_the_block_sits_after_each_relu_and_each_stage_under_its_kinds_name(kind):
-    cnn = CNNClassifier(attention=kind).net
-    for index in (1, 2, 3):
-        names = [name for name, _ in cnn.get_submodule(f"conv{index}").named_children()]
-        assert names == ["conv", "bn", "relu", kind]
-    resnet = ResNet18Classifier(attention=kind).net
-    assert list(resnet.get_submodule(kind)) == ["layer1", "layer2", "layer3", "layer4"]
-    assert resnet.new_modules() == ["conv1", "fc", kind]  # what discriminative learning rates treat as new
-    assert all(kind not in name.split(".") for name, _ in resnet.layer1.named_modules())  # never inside a block
-
-
 # Parameters each kind adds to the CNN (widths 32/64/128) and the ResNet18 (64..512), reduction 16, counted by
 # hand per block of C channels with bottleneck r = C/16:
 #   se 2Cr; cbam 2Cr + 2*7*7; eca k (k = 3, 3, 5 | 3, 5, 5, 5); gc C + (Cr + r) + 2r + (rC + C) (1x1 conv,
@@ -96,16 +67,40 @@ ADDED = {
 }
 
 
-def test_parameters_each_kind_adds_match_a_hand_count():
+@pytest.mark.parametrize("family", ["cnn", "resnet18"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_sits_in_its_place_keeps_the_logits_finite_and_trains_all_its_parameters(kind, family):
+    torch.manual_seed(0)
+    model = tiny(family, kind)
+    logits = model(torch.rand(4, *model.input_shape))
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    found = blocks(model)
+    parameters = [(name, p) for block in found for name, p in block.named_parameters()]
+    assert parameters
+    for name, parameter in parameters:
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    net = model.net
+    if family == "cnn":  # after each block's ReLU, before its pooling
+        assert [[name for name, _ in net.get_submodule(f"conv{i}").named_children()] for i in (1, 2, 3)] == [
+            ["conv", "bn", "relu", kind]] * 3
+        return
+    # After each stage, never inside a residual block; new to discriminative learning rates; the hand count.
+    assert list(net.get_submodule(kind)) == ["layer1", "layer2", "layer3", "layer4"]
+    assert all(kind not in name.split(".") for name, _ in net.layer1.named_modules())
+    assert net.new_modules() == ["conv1", "fc", kind]
+    assert sum(p.numel() for _, p in parameters) == ADDED[kind][1]
+
+
+def test_parameters_each_kind_adds_to_the_cnn_match_a_hand_count():
     assert set(ADDED) == set(KINDS)
 
     def count(model: nn.Module) -> int:
         return sum(p.numel() for p in model.parameters())
 
-    cnn, resnet = count(CNNClassifier()), count(ResNet18Classifier())
-    found = {kind: (count(CNNClassifier(attention=kind)) - cnn, count(ResNet18Classifier(attention=kind)) - resnet)
-             for kind in KINDS}
-    assert found == ADDED
+    cnn = count(CNNClassifier())
+    assert {kind: count(CNNClassifier(attention=kind)) - cnn for kind in KINDS} == {k: v[0] for k, v in ADDED.items()}
     assert count(CNNClassifier(attention="none")) == cnn
 
 
@@ -166,8 +161,8 @@ def test_ge_gathers_a_coarse_map_and_scales_by_it_upsampled():
 def test_coordinate_attention_gates_rows_times_columns():
     torch.manual_seed(0)
     block = create_attention("coord", 8, 2).eval()
-    nn.init.normal_(block.conv_h.weight)  # away from the near-constant start
-    nn.init.normal_(block.conv_w.weight)
+    nn.init.normal_(block.fc_h.weight)  # away from the near-constant start
+    nn.init.normal_(block.fc_w.weight)
     captured = []
     block.gate.register_forward_hook(lambda m, i, o: captured.append(o))
     x = torch.rand(1, 8, 6, 5)
@@ -202,7 +197,7 @@ def test_gates_over_channels_and_positions_are_drawn_and_scored_by_their_channel
     torch.manual_seed(0)
     model = CNNClassifier(num_classes=3, widths=(8, 16, 16), hidden=16, attention=kind).eval()
     images, layers = torch.rand(2, 3, 32, 32), ["conv1", "conv3"]
-    pictures = render_pictures(model, images, [0, 1], ["a", "b", "c"], layers, layer_root=model.net)
+    pictures = render_pictures(model, images, [0, 1], ["a", "b", "c"], layers, layer_root=model.net, methods=[])
     # GE's coarse map is 4x4 and 2x2 after conv1 and conv2, one cell (a channel gate) after conv3.
     assert list(pictures) == picture_tags(layers, channel_attention=kind == "ge", spatial_attention=True)
     gates = attention_gates(model.net)
@@ -223,7 +218,8 @@ def test_the_old_classes_are_the_new_one_with_the_attention_fixed():
     assert se.hparams.attention == "se" and se.hparams.rd_ratio == 8 and se.hparams.se_ratio == 8
     assert isinstance(CNNCBAMClassifier().net.conv2.cbam, CBAM)
     assert isinstance(ResNet18CBAMClassifier().net.cbam.layer4, CBAM)
-    assert ResNet18Classifier().net.attention is None and not hasattr(ResNet18Classifier().net, "cbam")
+    plain = ResNet18Classifier().net
+    assert plain.attention is None and not hasattr(plain, "cbam")
     # An alias's saved hyperparameters repeat its attention: handed back they are accepted, a different one is not.
     CNNSEClassifier(**se.hparams)
     with pytest.raises(UserInputError, match="attention='se'"):
@@ -301,7 +297,7 @@ def test_configs_choose_the_attention_by_name(config, extra, cls, module, tiny_d
     assert type(built.model) is cls
     built.model.net.get_submodule(module)
     if "--model.rd_ratio" in extra:
-        assert built.model.net.conv3.coord.conv1.out_channels == 16  # 128 / 8
+        assert built.model.net.conv3.coord.fc1.out_features == 16  # 128 / 8
 
 
 # The model sections of the configs before the attention slot (commit 7681424), as users may keep them.

@@ -91,4 +91,4 @@ def test_timms_ge_is_global_pooling_and_timms_coord_is_narrower_than_the_paper()
     assert len(create_attention("ge", 64).gather) == 3 * 2 + 2  # ours: GE-theta+, three strided depthwise convs
     # Coordinate attention's bottleneck: the paper max(8, C / 32); timm C / 16 * 2/3 rounded to 8; ours max(8, C / 16).
     assert layers.create_attn("coord", 512).conv1.out_channels == 24
-    assert create_attention("coord", 512).conv1.out_channels == 32
+    assert create_attention("coord", 512).fc1.out_features == 32
