@@ -59,7 +59,10 @@ __all__ = [
     "GatherExcite",
     "GlobalContext",
     "SpatialAttention",
+    "NONE",
     "SqueezeExcite",
+    "alias_arguments",
+    "attention_name",
     "create_attention",
 ]
 
@@ -153,7 +156,7 @@ class EfficientChannelAttention(nn.Module):
 
     def __init__(self, channels: int, gamma: int = 2, beta: int = 1) -> None:
         super().__init__()
-        _reduced(channels, 1)
+        _reduced(channels, 1)  # refuses a non-positive channel count
         t = int(abs(math.log2(channels) + beta) / gamma)
         kernel_size = max(t if t % 2 else t + 1, 3)
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)

@@ -5,7 +5,8 @@ CIFAR-sized inputs: the 7x7 stride-2 stem becomes a newly initialised 3x3
 stride-1 conv and the max-pool goes, so layer1..layer4 see 32, 16, 8 and 4
 pixels. With ``attention="cbam"`` a CBAM module follows each stage (``cbam.layer1`` ..
 ``cbam.layer4``; another kind is named after itself, ``eca.layer1`` ...), outside
-the residual blocks, so the pretrained blocks and their skip connections are untouched. The classifier is a new Linear(512, classes).
+the residual blocks, so the pretrained blocks and their skip connections are
+untouched. The classifier is a new Linear(512, classes).
 
 Layer names are torchvision's (``conv1, bn1, layer1..layer4, fc``) and are public:
 Grad-CAM targets and the unfreeze schedule address them.
