@@ -1,11 +1,12 @@
-"""The main small CNN, with optional SE or CBAM attention after each block.
+"""The main small CNN, with an optional attention block after each conv block.
 
-Three blocks of Conv 3x3 -> BatchNorm -> ReLU (-> SE or CBAM) -> MaxPool 2,
+Three blocks of Conv 3x3 -> BatchNorm -> ReLU (-> attention) -> MaxPool 2,
 widths 32/64/128 (32x32 -> 16 -> 8 -> 4), then Linear 512 -> Dropout 0.5 ->
 classes. Blocks are named ``conv1..conv3`` (their outputs are the post-ReLU,
 post-attention feature maps that Grad-CAM and the feature-map plots address);
-the attention module of a block is ``convN.se`` or ``convN.cbam``, the same
-classes the ResNet uses, so the pictures find their gates the same way.
+the attention module of a block is named after its kind (``convN.se``,
+``convN.cbam``, ``convN.eca`` ...: ``lightning_modules.attention.ATTENTION``), the
+same classes the ResNet uses, so the pictures find their gates the same way.
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_modules.attention import CBAM, SqueezeExcite
+from lightning_modules.attention import alias_arguments, attention_name, create_attention
 from lightning_modules.base import ImageClassifier
 
 from user_input import UserInputError
 
-__all__ = ["ATTENTION_BLOCKS", "CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier", "CNNCBAMClassifier"]
-
-# What may follow a block's ReLU, by the submodule name it gets (``convN.<name>``).
-ATTENTION_BLOCKS: dict[str, type[nn.Module]] = {"se": SqueezeExcite, "cbam": CBAM}
+__all__ = ["CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier", "CNNCBAMClassifier"]
 
 
 class ConvBlock(nn.Sequential):
@@ -38,13 +36,9 @@ class ConvBlock(nn.Sequential):
             "bn": nn.BatchNorm2d(out_channels),
             "relu": nn.ReLU(inplace=True),
         }
-        if attention is not None:
-            if attention not in ATTENTION_BLOCKS:
-                raise UserInputError(
-                    f"attention={attention!r} is not a block this CNN has. "
-                    f"HINT: use one of {sorted(ATTENTION_BLOCKS)}, or leave it out for none."
-                )
-            layers[attention] = ATTENTION_BLOCKS[attention](out_channels, rd_ratio)
+        block = create_attention(attention, out_channels, rd_ratio)
+        if block is not None:
+            layers[attention] = block
         super().__init__(OrderedDict(layers))
 
 
@@ -66,6 +60,7 @@ class CNN(nn.Module):
         rd_ratio: int = 16,
     ) -> None:
         super().__init__()
+        self.attention = attention_name(attention)
         if len(widths) != 3:
             raise UserInputError(f"widths={list(widths)} must name 3 block widths (conv1..conv3).")
         self.conv1 = ConvBlock(in_channels, widths[0], attention, rd_ratio)
@@ -93,66 +88,54 @@ class CNN(nn.Module):
 
 
 class CNNClassifier(ImageClassifier):
-    """The CNN recipe.
+    """The CNN recipe, with the attention block chosen by name.
 
     Args:
         widths: Channels of conv1..conv3.
         hidden: Width of the hidden linear layer.
         dropout: Dropout before the last layer.
-        **kwargs: See ``ImageClassifier``.
-    """
-
-    def __init__(
-        self, widths: Sequence[int] = (32, 64, 128), hidden: int = 512, dropout: float = 0.5, **kwargs
-    ) -> None:
-        super().__init__(**kwargs)
-        channels, height, width = self.input_shape
-        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout)
-
-
-class CNNSEClassifier(ImageClassifier):
-    """The CNN with squeeze-and-excitation after each block's ReLU (``convN.se``).
-
-    Args:
-        se_ratio: Channel reduction of the SE bottleneck.
-        widths: Channels of conv1..conv3.
-        hidden: Width of the hidden linear layer.
-        dropout: Dropout before the last layer.
+        attention: The block after each conv block's ReLU (``convN.<attention>``): ``none``,
+            or a name of ``lightning_modules.attention.ATTENTION`` (``se``, ``cbam``, ``eca``,
+            ``gc``, ``ge``, ``coord``).
+        rd_ratio: Channel reduction of the attention's bottleneck (C -> C / rd_ratio).
         **kwargs: See ``ImageClassifier``.
     """
 
     def __init__(
         self,
-        se_ratio: int = 16,
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 512,
         dropout: float = 0.5,
+        attention: str | None = None,
+        rd_ratio: int = 16,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         channels, height, width = self.input_shape
-        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, "se", se_ratio)
+        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, attention, rd_ratio)
 
 
-class CNNCBAMClassifier(ImageClassifier):
-    """The CNN with CBAM (channel, then spatial attention) after each block's ReLU (``convN.cbam``).
+class CNNSEClassifier(CNNClassifier):
+    """``CNNClassifier(attention="se")`` under its old name, so old configs and checkpoints load.
+
+    Args:
+        se_ratio: Channel reduction of the SE bottleneck (the base's ``rd_ratio``).
+        **kwargs: See ``CNNClassifier``.
+    """
+
+    def __init__(self, se_ratio: int = 16, **kwargs) -> None:
+        alias_arguments(kwargs, attention="se", rd_ratio=se_ratio)
+        super().__init__(attention="se", rd_ratio=se_ratio, **kwargs)
+
+
+class CNNCBAMClassifier(CNNClassifier):
+    """``CNNClassifier(attention="cbam")`` under its old name, so old configs and checkpoints load.
 
     Args:
         rd_ratio: Channel reduction of CBAM's channel-attention bottleneck.
-        widths: Channels of conv1..conv3.
-        hidden: Width of the hidden linear layer.
-        dropout: Dropout before the last layer.
-        **kwargs: See ``ImageClassifier``.
+        **kwargs: See ``CNNClassifier``.
     """
 
-    def __init__(
-        self,
-        rd_ratio: int = 16,
-        widths: Sequence[int] = (32, 64, 128),
-        hidden: int = 512,
-        dropout: float = 0.5,
-        **kwargs,
-    ) -> None:
-        super().__init__(**kwargs)
-        channels, height, width = self.input_shape
-        self.net = CNN(channels, self.num_classes, (height, width), widths, hidden, dropout, "cbam", rd_ratio)
+    def __init__(self, rd_ratio: int = 16, **kwargs) -> None:
+        alias_arguments(kwargs, attention="cbam")
+        super().__init__(attention="cbam", rd_ratio=rd_ratio, **kwargs)

@@ -117,11 +117,12 @@ def test_only_the_named_subcommand_is_built_and_a_misspelt_one_lists_all_four(ti
     assert "invalid choice: 'tset' (choose from 'fit', 'validate', 'test', 'predict')" in capsys.readouterr().err
 
 
-def _network(config: Path) -> tuple[str, str, bool]:
-    """What the drawing callbacks see of a config: its model class, its data module and whether pixels are permuted."""
+def _network(config: Path) -> tuple[str, str | None, str, bool]:
+    """What the drawing callbacks see of a config: its model class and attention, its data module, permuted pixels."""
     recipe = yaml.safe_load(config.read_text())
-    data = recipe["data"]
-    return recipe["model"]["class_path"], data["class_path"], bool(data.get("init_args", {}).get("permute_pixels"))
+    model, data = recipe["model"], recipe["data"]
+    attention = model.get("init_args", {}).get("attention")
+    return model["class_path"], attention, data["class_path"], bool(data.get("init_args", {}).get("permute_pixels"))
 
 
 # The pictures and scores depend on the network, not on the recipe (optimiser, schedule, unfreeze stages): of the

@@ -83,8 +83,8 @@ def test_the_cnn_refuses_an_attention_block_it_does_not_have():
     from lightning_modules.cnn import CNN
     from user_input import UserInputError
 
-    with pytest.raises(UserInputError, match=r"attention='eca'.*\['cbam', 'se'\]"):
-        CNN(3, 10, attention="eca")
+    with pytest.raises(UserInputError, match=r"(?s)attention='bam'.*\['none', 'se', 'cbam', 'eca'"):
+        CNN(3, 10, attention="bam")
 
 
 def test_resnet_stage_shapes_and_cbam_placement():
@@ -107,7 +107,7 @@ def test_resnet_stage_shapes_and_cbam_placement():
     assert set(net.cbam.keys()) == {"layer1", "layer2", "layer3", "layer4"}
     # CBAM sits between stages, never inside a residual block.
     assert not any(isinstance(m, CBAM) for name in ("layer1", "layer4") for m in net.get_submodule(name).modules())
-    assert ResNet18Classifier().net.cbam is None
+    assert ResNet18Classifier().net.attention is None and not hasattr(ResNet18Classifier().net, "cbam")
     assert not hasattr(net, "maxpool")
 
 

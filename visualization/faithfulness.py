@@ -498,8 +498,8 @@ def saliency_maps(
     for name, gate in capture_activations(model, images, gates or {}).items():
         if gate.shape[-2:] != (1, 1):
             maps[f"attention_{name.removesuffix('.gate')}"] = F.interpolate(
-                gate.float(), size=size, mode="bilinear", align_corners=False
-            )[:, 0]
+                gate.float().mean(1, keepdim=True), size=size, mode="bilinear", align_corners=False
+            )[:, 0]  # the channel mean of a gate over channels and positions (GE, coordinate attention)
     return maps
 
 

@@ -66,11 +66,12 @@ TOP_CHANNELS = 3
 
 
 def attention_gates(net: nn.Module) -> dict[str, nn.Module]:
-    """The sigmoid gates of SE and CBAM blocks, found by their names.
+    """The gates of the attention blocks, found by their names.
 
-    The attention modules name their sigmoid ``gate`` (``conv1.se.gate``,
-    ``cbam.layer1.channel.gate``, ``cbam.layer1.spatial.gate``); a forward hook
-    there reads the attention weights themselves.
+    The attention modules name the submodule that outputs their gate ``gate``
+    (``conv1.se.gate``, ``cbam.layer1.channel.gate``, ``cbam.layer1.spatial.gate``,
+    ``conv2.coord.gate``: ``lightning_modules.attention``); a forward hook there
+    reads the attention weights themselves.
 
     Args:
         net: The network to search.
@@ -82,7 +83,7 @@ def attention_gates(net: nn.Module) -> dict[str, nn.Module]:
     return {
         name: module
         for name, module in net.named_modules()
-        if name.endswith("gate") and {"se", "cbam"} & set(name.split("."))
+        if name.rsplit(".", 1)[-1] == "gate"
     }
 
 
@@ -189,7 +190,8 @@ def render_pictures(
     )
 
     channel = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] == (1, 1)}
-    spatial = {_gate_label(n): captured[n] for n in gates if captured[n].shape[-2:] != (1, 1)}
+    # A gate over channels and positions ([N, C, h, w]: GE, coordinate attention) is drawn by its channel mean.
+    spatial = {_gate_label(n): captured[n].mean(1, keepdim=True) for n in gates if captured[n].shape[-2:] != (1, 1)}
     if channel:
         pictures["attention/channel"] = figure_to_image(channel_gates_figure(channel))
     if spatial:
