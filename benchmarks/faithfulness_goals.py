@@ -25,6 +25,7 @@ from callbacks.probes import select_probes
 from datamodules import CIFAR10DataModule
 from user_input import UserInputError
 from visualization.faithfulness import faithfulness_scores, markdown_table, summary_rows
+from visualization.model_view import ModelView
 
 
 def balanced_images(dataset, num_classes: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="override the run's data folder")
     args = parser.parse_args()
 
-    model, _ = explain.load_model(args.ckpt, None, "cpu")
+    model, checkpoint = explain.load_model(args.ckpt, None, "cpu")
     config = explain.run_config(args.ckpt)
     data_args = dict((config.get("data") or {}).get("init_args") or {})
     layers = explain.configured_layers(config) or ["conv1", "conv2", "conv3"]
@@ -61,7 +62,7 @@ def main() -> None:
     start = time.perf_counter()
     datamodule.setup("fit")
     pixels, labels = balanced_images(datamodule.val_set, len(datamodule.classes), args.images)
-    images = pixels.float().div(255)
+    images = ModelView.of_checkpoint(checkpoint, pixels.shape[-2] * pixels.shape[-1])(pixels)  # permuted if the run's were
     print(f"decoded the data in {time.perf_counter() - start:.0f} s; {len(images)} validation images, "
           f"layers {layers}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
