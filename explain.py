@@ -27,7 +27,7 @@ rank; a method that fails the model-randomisation check is flagged and not
 ranked) and writes it with the full scores to ``faithfulness.md``,
 ``faithfulness.csv`` and ``leaderboard.csv``, and the curves to
 ``faithfulness_curves.png``. It scores every method of
-``visualization.pictures.METHODS`` unless ``--methods`` names some; that flag
+``visualization.methods.METHODS`` unless ``--methods`` names some; that flag
 also adds methods to the pictures (which otherwise show the training-time
 defaults).
 
@@ -70,14 +70,8 @@ from visualization.faithfulness import (
 )
 from visualization.figures import faithfulness_curves_figure, figure_to_image
 from visualization.model_view import ModelView
-from visualization.pictures import (
-    DEFAULT_METHODS,
-    METHODS,
-    check_methods,
-    most_confident_mistakes,
-    render_mistakes,
-    render_pictures,
-)
+from visualization.methods import DEFAULT_METHODS, METHODS, check_methods
+from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
 PAGE_SIZE = 10
@@ -196,7 +190,7 @@ def explain(
     layer for the predicted and the true class (the ``mistakes/*`` picture of training).
     ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv``, ``leaderboard.csv`` and
     ``faithfulness_curves.png`` (see ``write_faithfulness``). ``methods`` (names of
-    ``visualization.pictures.METHODS``) are drawn and scored; ``None``: the pictures show
+    ``visualization.methods.METHODS``) are drawn and scored; ``None``: the pictures show
     the training-time defaults and every method is scored.
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)

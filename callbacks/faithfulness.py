@@ -22,7 +22,7 @@ from callbacks.probes import ProbeSchedule, choose_probes, data_view, layer_root
 from callbacks.picture_log import image_writers, log_picture, scalar_loggers
 from visualization.faithfulness import FaithfulnessResult, faithfulness_scores, leaderboard_rows, leaderboard_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
-from visualization.pictures import DEFAULT_METHODS
+from visualization.methods import DEFAULT_METHODS
 
 __all__ = ["FaithfulnessScores"]
 
@@ -64,7 +64,7 @@ class FaithfulnessScores(ProbeSchedule):
             network's ``explainable_layers``.
         every_n_epochs: Score every this many training epochs.
         images_per_class: Validation images per class.
-        methods: Methods to score beside Grad-CAM (``visualization.pictures.METHODS``); the
+        methods: Methods to score beside Grad-CAM (``visualization.methods.METHODS``); the
             default three are cheap. The others multiply the scoring's cost (Score-CAM,
             integrated gradients, occlusion: dozens of passes per image): opt in, or use
             ``explain.py --faithfulness`` offline.

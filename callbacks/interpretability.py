@@ -18,7 +18,8 @@ from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
 from callbacks.probes import ProbeSchedule, ProbeSet, choose_probes, data_view, layer_root
-from visualization.pictures import DEFAULT_METHODS, render_pictures
+from visualization.methods import DEFAULT_METHODS
+from visualization.pictures import render_pictures
 
 __all__ = ["InterpretabilityDumps"]
 
@@ -66,11 +67,11 @@ class InterpretabilityDumps(ProbeSchedule):
             ``explainable_layers``.
         every_n_epochs: Draw every this many training epochs.
         probes_per_class: Probe images per class.
-        methods: Methods drawn beside Grad-CAM (``visualization.pictures.METHODS``): by default
+        methods: Methods drawn beside Grad-CAM (``visualization.methods.METHODS``): by default
             ``guided_backprop``, ``deconvolution``, ``guided_gradcam``; also ``integrated_gradients``,
             ``smoothgrad``, ``occlusion`` (a column each) and the CAM variants ``gradcam_pp``,
             ``xgradcam``, ``hirescam``, ``layercam``, ``scorecam`` (a column per layer). The
-            added ones cost 16 to 128 passes an image where the defaults cost one each: opt in.
+            added ones cost 49 to over 128 passes an image where the defaults cost one each: opt in.
         feature_top_k: Channels per layer in the feature-map pictures.
         feature_images: Probes shown in each layer's feature-map picture (a row each).
         attention: Draw SE/CBAM gates when the model has them.

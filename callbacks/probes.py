@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from visualization.attributions import resolve_layers
 from visualization.model_view import ModelView
-from visualization.pictures import DEFAULT_METHODS, check_methods
+from visualization.methods import DEFAULT_METHODS, check_methods
 
 __all__ = [
     "ProbeSchedule", "ProbeSet", "choose_probes", "data_view", "explained_layers", "layer_root", "probe_dataset",
@@ -143,7 +143,7 @@ class ProbeSchedule(L.Callback):
         layers: Dotted layer names in the model's ``net``, low to high; ``None``:
             the ones the network names (its ``explainable_layers``), set at ``setup``.
         every_n_epochs: Run every this many training epochs.
-        methods: Methods beside Grad-CAM, names of :data:`visualization.pictures.METHODS`.
+        methods: Methods beside Grad-CAM, names of :data:`visualization.methods.METHODS`.
     """
 
     def __init__(

@@ -19,7 +19,8 @@ from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO, pictures_off
 from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
-from visualization.attributions import gradcam, integrated_gradients, layer_cams, resolve_layers
+from visualization.attributions import integrated_gradients, resolve_layers
+from visualization.cams import gradcam, layer_cams
 from visualization.grids import gradcam_grid
 from visualization.pictures import attention_gates, picture_tags, render_pictures
 

@@ -2,7 +2,7 @@
 
 Three checks, tensors in, numbers out, for every map the pictures can show
 (Grad-CAM and its variants per layer, the attributions on the input pixels of
-:data:`visualization.pictures.INPUT_METHODS`, and CBAM spatial gates where a
+:data:`visualization.methods.INPUT_METHODS`, and CBAM spatial gates where a
 model has them) and for two maps that know nothing about the model, a random
 map and a centre prior:
 
@@ -54,27 +54,17 @@ from torch import Tensor, nn
 from torchmetrics.functional import spearman_corrcoef
 from torchvision.transforms.functional import gaussian_blur
 
-from visualization.attributions import (
-    attribution_mode,
-    capture_activations,
-    gradcam,
-    prepare_inputs,
-    resolve_layers,
-)
 from visualization import tables
-from visualization.pictures import (
-    CAM_METHODS,
-    DEFAULT_METHODS,
-    attention_gates,
-    cam_maps,
-    check_methods,
-    input_attributions,
-)
+from visualization.attributions import attribution_mode, completeness_gap, prepare_inputs, resolve_layers
+from visualization.cams import CAMS, capture_activations, gradcam
+from visualization.methods import DEFAULT_METHODS, cam_maps, check_methods, input_attributions
+from visualization.pictures import attention_gates
 
 __all__ = [
     "BASELINES",
     "CURVES",
     "FaithfulnessResult",
+    "CHECKS",
     "METRICS",
     "SANITY_LIMIT",
     "auc",
@@ -100,6 +90,9 @@ __all__ = [
 # after randomisation). ``road`` is ROAD most relevant first (its tags predate the LeRF order).
 CURVES = ("deletion", "insertion", "road", "road_lerf")
 METRICS = ("deletion_auc", "insertion_auc", "road_auc", "road_lerf_auc", "road_combined", "randomization_spearman")
+# Checks of one method's own promise, shown beside the scores, never ranked: integrated gradients' completeness gap
+# (|sum of attributions - logit change| / |logit change|, per image).
+CHECKS = ("completeness_gap",)
 # Which way each score is better (+1: higher), for ranking; the leaderboard is sorted by the first.
 RANKED = {"road_combined": 1, "road_auc": -1, "road_lerf_auc": 1, "deletion_auc": -1, "insertion_auc": 1}
 # Maps that know nothing about the model: a map must beat them to count as an explanation.
@@ -463,6 +456,7 @@ def saliency_maps(
     layers: Mapping[str, nn.Module],
     methods: Sequence[str],
     gates: Mapping[str, nn.Module] | None = None,
+    gaps: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Every map of ``methods``, as ``[N, H, W]`` saliency (higher: more important).
 
@@ -472,13 +466,15 @@ def saliency_maps(
         targets: Class per image.
         layers: ``{name: module}`` for Grad-CAM and the CAM variants, low to
             high; the last one also masks guided Grad-CAM.
-        methods: Names of :data:`visualization.pictures.METHODS`. The signed
+        methods: Names of :data:`visualization.methods.METHODS`. The signed
             ``[N, C, H, W]`` attributions of the input methods count by
             magnitude summed over channels, but occlusion's by its signed sum:
             it is the logit's drop when the pixels are hidden, and a pixel
             whose hiding *raises* the logit is evidence against the class.
         gates: ``{name: sigmoid gate}`` of CBAM spatial attention; channel
             gates (``[N, C, 1, 1]``) have no spatial map and are skipped.
+        gaps: If given, receives ``{"integrated_gradients": [N] completeness gap}``
+            (see :func:`visualization.attributions.completeness_gap`) when that method is among ``methods``.
 
     Returns:
         ``{"gradcam_<layer>": ..., "<cam variant>_<layer>": ..., <input method>: ...,
@@ -495,6 +491,8 @@ def saliency_maps(
     last = list(layers.values())[-1]
     for method, attribution in input_attributions(model, images, targets, methods, last).items():
         maps[method] = attribution.sum(dim=1) if method == "occlusion" else attribution.abs().sum(dim=1)
+        if method == "integrated_gradients" and gaps is not None:  # the one method with a completeness promise
+            gaps[method] = completeness_gap(model, images, targets, attribution)
     for name, gate in capture_activations(model, images, gates or {}).items():
         if gate.shape[-2:] != (1, 1):
             maps[f"attention_{name.removesuffix('.gate')}"] = F.interpolate(
@@ -509,7 +507,7 @@ def method_and_layer(name: str) -> tuple[str, str]:
     ``gradcam_pp_conv3`` -> ``("gradcam_pp", "conv3")``; ``attention_cbam.layer4.spatial`` ->
     ``("attention", "cbam.layer4.spatial")``; ``occlusion`` -> ``("occlusion", "")``.
     """
-    for method in sorted(("gradcam", "attention", *CAM_METHODS), key=len, reverse=True):
+    for method in sorted(("attention", *CAMS), key=len, reverse=True):
         if name.startswith(f"{method}_"):
             return method, name.removeprefix(f"{method}_")
     return name, ""
@@ -557,7 +555,8 @@ def faithfulness_scores(
     with attribution_mode(model), torch.no_grad():
         x = prepare_inputs(images, model)
         targets = model(x).argmax(dim=1)
-    maps = saliency_maps(model, x, targets, named, methods, gates)
+    gaps: dict[str, Tensor] = {}
+    maps = saliency_maps(model, x, targets, named, methods, gates, gaps)
     count, size = x.shape[0], tuple(x.shape[-2:])
     baselines = {"random": random_map(count, size, torch.Generator().manual_seed(seed)), "centre": centre_map(count, size)}
     result = FaithfulnessResult()
@@ -580,6 +579,8 @@ def faithfulness_scores(
             randomized = saliency_maps(model, x, targets, named, methods, gates)
         result.randomized = names
         result.scores["randomization_spearman"] = {m: rank_correlation(maps[m], randomized[m]) for m in maps}
+    if gaps:
+        result.scores["completeness_gap"] = gaps
     return result
 
 
@@ -655,7 +656,8 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 
 def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     """The rows of :func:`summary_rows` as a Markdown table, ``mean [low, high]`` per cell."""
-    columns = [*(m for m in METRICS if m in rows[0]), *(f"{c}_vs_random" for c in CURVES if f"{c}_vs_random" in rows[0])]
+    columns = [*(m for m in (*METRICS, *CHECKS) if m in rows[0]),
+               *(f"{c}_vs_random" for c in CURVES if f"{c}_vs_random" in rows[0])]
     cells = [
         [row["method"], *(_cell(row, column) for column in columns), {True: "yes", False: "no"}.get(row["flagged"], "")]
         for row in rows
@@ -725,7 +727,7 @@ def leaderboard_rows(result: FaithfulnessResult, confidence: float = 0.95, seed:
     for name in names:
         method, layer = method_and_layer(name)
         row: dict[str, object] = {"method": method, "layer": layer, "flagged": name in flagged}
-        for metric in [*scores, "randomization_spearman"]:
+        for metric in [*scores, "randomization_spearman", *(c for c in CHECKS if c in result.scores)]:
             row.update(_mean_and_interval(metric, result.scores.get(metric, {}).get(name), confidence, seed))
         rows.append(row)
     ranked = [row for row, name in zip(rows, names) if name not in BASELINES and not row["flagged"]]
@@ -752,12 +754,14 @@ def leaderboard_rows(result: FaithfulnessResult, confidence: float = 0.95, seed:
 def leaderboard_table(rows: Sequence[Mapping[str, object]]) -> str:
     """The rows of :func:`leaderboard_rows` as Markdown: ``mean [low, high] (rank)`` per score."""
     scores = [metric for metric in RANKED if metric in rows[0]]
-    columns = ["rank", "method", "layer", *scores, "randomization_spearman", "flagged"]
+    checks = [check for check in CHECKS if check in rows[0]]
+    columns = ["rank", "method", "layer", *scores, "randomization_spearman", *checks, "flagged"]
     cells = []
     for row in rows:
         baseline = row["method"] in BASELINES
         rank = "baseline" if baseline else "-" if row["rank"] is None else str(row["rank"])
         ranked = [_cell(row, m) + ("" if row[f"{m}_rank"] is None else f" ({row[f'{m}_rank']})") for m in scores]
         flag = "" if baseline else {True: "yes", False: "no"}[bool(row["flagged"])]
-        cells.append([rank, row["method"], row["layer"] or "-", *ranked, _cell(row, "randomization_spearman"), flag])
+        shown = [_cell(row, m) for m in ("randomization_spearman", *checks)]
+        cells.append([rank, row["method"], row["layer"] or "-", *ranked, *shown, flag])
     return tables.markdown_table(columns, cells) + "\n"
