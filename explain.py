@@ -60,18 +60,13 @@ from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
 from user_input import UserInputError
 from visualization.attributions import attribution_mode, prepare_inputs
-from visualization.faithfulness import (
-    SANITY_LIMIT,
-    faithfulness_scores,
-    leaderboard_rows,
-    leaderboard_table,
-    markdown_table,
-    summary_rows,
-)
+from visualization.faithfulness import SANITY_LIMIT, faithfulness_scores
+from visualization.faithfulness_tables import leaderboard_table, summary_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
 from visualization.model_view import ModelView
 from visualization.methods import DEFAULT_METHODS, METHODS, check_methods
 from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
+from visualization.ranking import leaderboard_rows, summary_rows
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
 PAGE_SIZE = 10
@@ -268,7 +263,7 @@ def write_faithfulness(
         "lower; `road_lerf_auc` and insertion: higher. `randomization_spearman`: rank correlation with the "
         f"map after re-initialising {', '.join(result.randomized)}; `flagged`: at least {SANITY_LIMIT} (or "
         "constant), the map hardly depends on the weights, and it is not ranked.\n\n" + leaderboard
-        + "\nAll scores; `*_vs_random`: the paired difference to the random map.\n\n" + markdown_table(rows)
+        + "\nAll scores; `*_vs_random`: the paired difference to the random map.\n\n" + summary_table(rows)
     )
     written = [table]
     for name, csv_rows in {"faithfulness.csv": rows, "leaderboard.csv": ranked}.items():

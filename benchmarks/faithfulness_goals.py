@@ -24,8 +24,10 @@ import explain
 from callbacks.probes import select_probes
 from datamodules import CIFAR10DataModule
 from user_input import UserInputError
-from visualization.faithfulness import faithfulness_scores, markdown_table, summary_rows
+from visualization.faithfulness import faithfulness_scores
+from visualization.faithfulness_tables import summary_table
 from visualization.model_view import ModelView
+from visualization.ranking import summary_rows
 
 
 def balanced_images(dataset, num_classes: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +77,7 @@ def main() -> None:
         accuracy = (model.eval()(images).argmax(1) == labels).float().mean()
     print(f"scored in {seconds:.0f} s; accuracy on these images {100 * accuracy:.1f} %; "
           f"randomised: {result.randomized}\n")
-    print(markdown_table(summary_rows(result)))
+    print(summary_table(summary_rows(result)))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from typing_extensions import override
 
 from callbacks.probes import ProbeSchedule, choose_probes, data_view, layer_root
 from callbacks.picture_log import image_writers, log_picture, scalar_loggers
-from visualization.faithfulness import FaithfulnessResult, faithfulness_scores, leaderboard_rows, leaderboard_table
+from visualization.faithfulness import FaithfulnessResult, faithfulness_scores
+from visualization.faithfulness_tables import leaderboard_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
 from visualization.methods import DEFAULT_METHODS
+from visualization.ranking import leaderboard_rows
 
 __all__ = ["FaithfulnessScores"]
 
@@ -57,7 +59,7 @@ class FaithfulnessScores(ProbeSchedule):
     score). Image tag ``faithfulness/curves``: the mean curves side by side.
     Text tag ``faithfulness/leaderboard`` (end of fit, TensorBoard only): the
     methods ranked on the last scores (see
-    :func:`visualization.faithfulness.leaderboard_rows`).
+    :func:`visualization.ranking.leaderboard_rows`).
 
     Args:
         layers: Grad-CAM layers, low to high, as names in the model's ``net``; ``None``: the

@@ -33,24 +33,20 @@ from visualization.attributions import (
     smoothgrad,
 )
 from visualization.cams import layer_cams
-from visualization.faithfulness import (
-    METRICS,
-    FaithfulnessResult,
+from visualization.faithfulness import METRICS, FaithfulnessResult, faithfulness_scores
+from visualization.faithfulness_tables import leaderboard_table
+from visualization.methods import CAM_METHODS, METHODS
+from visualization.metrics import (
     auc,
-    bootstrap_interval,
     centre_map,
     deletion_insertion_curve,
-    faithfulness_scores,
-    leaderboard_rows,
-    leaderboard_table,
     linear_impute,
     random_map,
     randomized_top_layers,
     rank_correlation,
     road_curve,
-    shared_ranks,
 )
-from visualization.methods import CAM_METHODS, METHODS
+from visualization.ranking import bootstrap_interval, leaderboard_rows, shared_ranks
 
 # One xdist worker takes the whole module (`--dist loadgroup` in pyproject.toml): its module-scoped fit is
 # then trained once per test run, not once on each worker.

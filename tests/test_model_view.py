@@ -21,8 +21,9 @@ from callbacks import FaithfulnessScores, InterpretabilityDumps
 from datamodules import CIFAR10DataModule
 from lightning_modules.cnn import CNNClassifier
 from tests.pictures_helpers import tensorboard_images, tiny_trainer
-from visualization.faithfulness import faithfulness_scores, summary_rows
+from visualization.faithfulness import faithfulness_scores
 from visualization.pictures import render_pictures
+from visualization.ranking import summary_rows
 
 pytestmark = pytest.mark.xdist_group("test_model_view")
 
