@@ -12,6 +12,9 @@ anyway, for files whose origin you trust.
 
 Without ``--images`` the probe set stored in the checkpoint by
 ``InterpretabilityDumps`` is explained, i.e. the images TensorBoard showed.
+Every image is given to the model as it saw its data (pixel-permuted for
+``cnn_permuted.yaml``): the view kept with the probes, or for older
+checkpoints the data settings Lightning stored in them.
 ``--images`` takes a folder of PNG/JPEG files; files inside a sub-folder named
 after a class get that class as their true label, loose files none. Images of
 another size are resized to the model's input size. ``--mistakes N`` adds
@@ -24,7 +27,7 @@ rank; a method that fails the model-randomisation check is flagged and not
 ranked) and writes it with the full scores to ``faithfulness.md``,
 ``faithfulness.csv`` and ``leaderboard.csv``, and the curves to
 ``faithfulness_curves.png``. It scores every method of
-``visualization.pictures.METHODS`` unless ``--methods`` names some; that flag
+``visualization.methods.METHODS`` unless ``--methods`` names some; that flag
 also adds methods to the pictures (which otherwise show the training-time
 defaults).
 
@@ -52,31 +55,23 @@ import torch
 import yaml
 from PIL import Image
 
+from callbacks.interpretability import InterpretabilityDumps
 from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
 from user_input import UserInputError
 from visualization.attributions import attribution_mode, prepare_inputs
-from visualization.faithfulness import (
-    SANITY_LIMIT,
-    faithfulness_scores,
-    leaderboard_rows,
-    leaderboard_table,
-    markdown_table,
-    summary_rows,
-)
+from visualization.faithfulness import SANITY_LIMIT, faithfulness_scores
+from visualization.faithfulness_tables import leaderboard_table, summary_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
-from visualization.pictures import (
-    DEFAULT_METHODS,
-    METHODS,
-    check_methods,
-    most_confident_mistakes,
-    render_mistakes,
-    render_pictures,
-)
+from visualization.model_view import ModelView
+from visualization.methods import DEFAULT_METHODS, METHODS, check_methods
+from visualization.pictures import most_confident_mistakes, render_mistakes, render_pictures
+from visualization.ranking import leaderboard_rows, summary_rows
 
 # Images per picture: a Grad-CAM grid of more rows gets too tall to read.
 PAGE_SIZE = 10
-CALLBACK_NAME = "InterpretabilityDumps"
+CALLBACK_NAME = InterpretabilityDumps.__name__  # the class_path a run's config names it by
+PROBE_KEY = "probe_images"  # what marks its state among a checkpoint's callbacks (ProbeSet.state_dict)
 
 
 class ExplainError(UserInputError):
@@ -157,11 +152,17 @@ def load_model(
 
 
 def stored_probes(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The probe images and class names InterpretabilityDumps kept in the checkpoint, or ``{}``."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith(CALLBACK_NAME) and state:
+    """The probe state InterpretabilityDumps kept in the checkpoint (the one holding ``probe_images``), or ``{}``."""
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and PROBE_KEY in state:
             return state
     return {}
+
+
+def checkpoint_view(checkpoint: dict[str, Any], probes: dict[str, Any], pixels: torch.Tensor) -> ModelView:
+    """What the checkpoint's model saw of images like ``pixels``: the probes' kept view, else the run's data settings."""
+    kept = ModelView.from_state(probes)
+    return kept if kept is not None else ModelView.of_checkpoint(checkpoint, pixels.shape[-2] * pixels.shape[-1])
 
 
 def explain(
@@ -184,7 +185,7 @@ def explain(
     layer for the predicted and the true class (the ``mistakes/*`` picture of training).
     ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv``, ``leaderboard.csv`` and
     ``faithfulness_curves.png`` (see ``write_faithfulness``). ``methods`` (names of
-    ``visualization.pictures.METHODS``) are drawn and scored; ``None``: the pictures show
+    ``visualization.methods.METHODS``) are drawn and scored; ``None``: the pictures show
     the training-time defaults and every method is scored.
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
@@ -212,12 +213,13 @@ def explain(
             f"--faithfulness needs at least 2 images for its bootstrap intervals, got {len(pixels)}.\n"
             "HINT: pass --images a folder with more images (a few hundred give intervals worth reading)."
         )
+    x_all = checkpoint_view(checkpoint, probes, pixels)(pixels)  # what the model saw: permuted if its data were
     out.mkdir(parents=True, exist_ok=True)
     pages = range(0, len(pixels), PAGE_SIZE)
     written = []
     for page, start in enumerate(pages):
         chunk = slice(start, start + PAGE_SIZE)
-        x = pixels[chunk].float().div(255)
+        x = x_all[chunk]
         pictures = render_pictures(
             model, x, labels[chunk], classes, layers, layer_root=model.net, methods=methods or DEFAULT_METHODS,
             feature_images=len(x),
@@ -228,38 +230,40 @@ def explain(
             Image.fromarray(picture).save(path)
             written.append(path)
     if mistakes > 0:
-        written += write_mistakes(model, pixels, labels, classes, layers[-1], mistakes, out)
+        written += write_mistakes(model, x_all, labels, classes, layers[-1], mistakes, out)
     if faithfulness:
-        written += write_faithfulness(model, pixels, layers, out, methods or METHODS)
+        written += write_faithfulness(model, x_all, layers, out, methods or METHODS)
     return written
 
 
 def write_faithfulness(
-    model: ImageClassifier, pixels: torch.Tensor, layers: list[str], out: Path, methods: Sequence[str] = METHODS
+    model: ImageClassifier, x: torch.Tensor, layers: list[str], out: Path, methods: Sequence[str] = METHODS
 ) -> list[Path]:
     """Print the leaderboard; write it and every score to ``faithfulness.md``, ``faithfulness.csv``,
     ``leaderboard.csv``, and the curves to ``faithfulness_curves.png``.
+
+    ``x``: the images as the model sees them (see ``checkpoint_view``).
 
     The scores are those the ``FaithfulnessScores`` callback logs, over all the
     images at once and with finer curves (16 deletion/insertion steps, 8 ROAD steps).
     """
     start = time.perf_counter()
-    result = faithfulness_scores(model, pixels.float().div(255), layers, layer_root=model.net, methods=methods)
+    result = faithfulness_scores(model, x, layers, layer_root=model.net, methods=methods)
     maps = len(result.scores["deletion_auc"]) - 2  # less the random and centre baselines
-    print(f"Scored {maps} maps on {len(pixels)} images in {time.perf_counter() - start:.0f} s "
+    print(f"Scored {maps} maps on {len(x)} images in {time.perf_counter() - start:.0f} s "
           f"({torch.get_num_threads()} threads).", file=sys.stderr)
     rows, ranked = summary_rows(result), leaderboard_rows(result)
     leaderboard = leaderboard_table(ranked)
     print(leaderboard)
     table = out / "faithfulness.md"
     table.write_text(
-        f"Leaderboard of the explanation methods over {len(pixels)} images, 95 % bootstrap intervals over "
+        f"Leaderboard of the explanation methods over {len(x)} images, 95 % bootstrap intervals over "
         "images, rank in brackets (overlapping intervals share a rank). `road_combined` (ROAD least relevant "
         "first minus most relevant first): higher is better; `road_auc` (most relevant first) and deletion: "
         "lower; `road_lerf_auc` and insertion: higher. `randomization_spearman`: rank correlation with the "
         f"map after re-initialising {', '.join(result.randomized)}; `flagged`: at least {SANITY_LIMIT} (or "
         "constant), the map hardly depends on the weights, and it is not ranked.\n\n" + leaderboard
-        + "\nAll scores; `*_vs_random`: the paired difference to the random map.\n\n" + markdown_table(rows)
+        + "\nAll scores; `*_vs_random`: the paired difference to the random map.\n\n" + summary_table(rows)
     )
     written = [table]
     for name, csv_rows in {"faithfulness.csv": rows, "leaderboard.csv": ranked}.items():
@@ -274,16 +278,16 @@ def write_faithfulness(
 
 
 def write_mistakes(
-    model: ImageClassifier, pixels: torch.Tensor, labels: torch.Tensor, classes: list[str], layer: str, count: int,
+    model: ImageClassifier, x: torch.Tensor, labels: torch.Tensor, classes: list[str], layer: str, count: int,
     out: Path,
 ) -> list[Path]:
-    """``out/mistakes.png`` for the ``count`` surest wrong predictions among labelled images; [] if none is wrong."""
+    """``out/mistakes.png`` for the ``count`` surest wrong predictions among labelled images ``x`` (as the model
+    sees them); [] if none is wrong."""
     if not (labels >= 0).any():
         raise ExplainError(
             "--mistakes needs images with known classes, and none of these has one.\n"
             "HINT: put the images in sub-folders named after their classes, e.g. my_images/cat/1.png."
         )
-    x = pixels.float().div(255)
     with attribution_mode(model), torch.no_grad():  # eval mode, and the model left as it was
         confidences, preds = torch.cat([model(prepare_inputs(chunk, model)).softmax(dim=1).cpu()
                                         for chunk in x.split(PAGE_SIZE * 10)]).max(dim=1)

@@ -24,7 +24,10 @@ import explain
 from callbacks.probes import select_probes
 from datamodules import CIFAR10DataModule
 from user_input import UserInputError
-from visualization.faithfulness import faithfulness_scores, markdown_table, summary_rows
+from visualization.faithfulness import faithfulness_scores
+from visualization.faithfulness_tables import summary_table
+from visualization.model_view import ModelView
+from visualization.ranking import summary_rows
 
 
 def balanced_images(dataset, num_classes: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +53,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="override the run's data folder")
     args = parser.parse_args()
 
-    model, _ = explain.load_model(args.ckpt, None, "cpu")
+    model, checkpoint = explain.load_model(args.ckpt, None, "cpu")
     config = explain.run_config(args.ckpt)
     data_args = dict((config.get("data") or {}).get("init_args") or {})
     layers = explain.configured_layers(config) or ["conv1", "conv2", "conv3"]
@@ -61,7 +64,7 @@ def main() -> None:
     start = time.perf_counter()
     datamodule.setup("fit")
     pixels, labels = balanced_images(datamodule.val_set, len(datamodule.classes), args.images)
-    images = pixels.float().div(255)
+    images = ModelView.of_checkpoint(checkpoint, pixels.shape[-2] * pixels.shape[-1])(pixels)  # permuted if the run's were
     print(f"decoded the data in {time.perf_counter() - start:.0f} s; {len(images)} validation images, "
           f"layers {layers}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -74,7 +77,7 @@ def main() -> None:
         accuracy = (model.eval()(images).argmax(1) == labels).float().mean()
     print(f"scored in {seconds:.0f} s; accuracy on these images {100 * accuracy:.1f} %; "
           f"randomised: {result.randomized}\n")
-    print(markdown_table(summary_rows(result)))
+    print(summary_table(summary_rows(result)))
 
 
 if __name__ == "__main__":

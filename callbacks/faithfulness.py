@@ -16,14 +16,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
+from callbacks.probes import ProbeSchedule, choose_probes, data_view, layer_root
 from callbacks.picture_log import image_writers, log_picture, scalar_loggers
-from visualization.faithfulness import FaithfulnessResult, faithfulness_scores, leaderboard_rows, leaderboard_table
+from visualization.faithfulness import FaithfulnessResult, faithfulness_scores
+from visualization.faithfulness_tables import leaderboard_table
 from visualization.figures import faithfulness_curves_figure, figure_to_image
-from visualization.pictures import DEFAULT_METHODS
+from visualization.methods import DEFAULT_METHODS
+from visualization.ranking import leaderboard_rows
 
 __all__ = ["FaithfulnessScores"]
 
@@ -37,7 +38,8 @@ class FaithfulnessScores(ProbeSchedule):
 
     Images: the first ``images_per_class`` validation images of each class,
     chosen at the first scoring and kept in ``state_dict`` (uint8), so a
-    resumed run scores the same images.
+    resumed run scores the same images; scored as the model sees them
+    (pixel-permuted where the data are, see :func:`callbacks.probes.data_view`).
 
     Scalars (step = the trainer's ``global_step``), each the mean over the images:
 
@@ -57,14 +59,14 @@ class FaithfulnessScores(ProbeSchedule):
     score). Image tag ``faithfulness/curves``: the mean curves side by side.
     Text tag ``faithfulness/leaderboard`` (end of fit, TensorBoard only): the
     methods ranked on the last scores (see
-    :func:`visualization.faithfulness.leaderboard_rows`).
+    :func:`visualization.ranking.leaderboard_rows`).
 
     Args:
         layers: Grad-CAM layers, low to high, as names in the model's ``net``; ``None``: the
             network's ``explainable_layers``.
         every_n_epochs: Score every this many training epochs.
         images_per_class: Validation images per class.
-        methods: Methods to score beside Grad-CAM (``visualization.pictures.METHODS``); the
+        methods: Methods to score beside Grad-CAM (``visualization.methods.METHODS``); the
             default three are cheap. The others multiply the scoring's cost (Score-CAM,
             integrated gradients, occlusion: dozens of passes per image): opt in, or use
             ``explain.py --faithfulness`` offline.
@@ -113,15 +115,13 @@ class FaithfulnessScores(ProbeSchedule):
         if trainer.sanity_checking or not trainer.is_global_zero or not scalar_loggers(trainer):
             return
         if self.images is None:
-            dataset = probe_dataset(trainer)
-            if dataset is None:
-                rank_zero_warn("FaithfulnessScores found no dataset to take images from; no scores.")
+            probes = choose_probes(trainer, pl_module, self.images_per_class, type(self).__name__)
+            if probes is None:
                 return
-            classes = getattr(trainer.datamodule, "classes", None)
-            self.images = select_probes(dataset, len(classes) if classes else pl_module.num_classes, self.images_per_class)[0]
+            self.images = probes.images
         result = faithfulness_scores(
             pl_module,
-            self.images.float().div(255),
+            data_view(trainer, self.images)(self.images),  # what the model sees: permuted if the data are
             self.layers,
             layer_root=layer_root(pl_module),
             methods=self.methods,

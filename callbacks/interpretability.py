@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from callbacks.picture_log import image_writers, log_picture, picture_dir
-from callbacks.probes import ProbeSchedule, layer_root, probe_dataset, select_probes
-from visualization.pictures import DEFAULT_METHODS, render_pictures
+from callbacks.probes import ProbeSchedule, ProbeSet, choose_probes, data_view, layer_root
+from visualization.methods import DEFAULT_METHODS
+from visualization.pictures import render_pictures
 
 __all__ = ["InterpretabilityDumps"]
 
@@ -37,7 +36,8 @@ class InterpretabilityDumps(ProbeSchedule):
     Probes: the first ``probes_per_class`` images of each class of the
     validation set, in index order (under ``test``/``predict``: of that split),
     chosen at the first dump and kept in ``state_dict`` as uint8, with the
-    class names, so a resumed run and ``explain.py`` use the same images.
+    class names and the pixel permutation of the data (if any), so a resumed
+    run and ``explain.py`` use the same images and show them as the model saw them.
 
     TensorBoard tags (``global_step`` = the trainer's):
 
@@ -67,11 +67,11 @@ class InterpretabilityDumps(ProbeSchedule):
             ``explainable_layers``.
         every_n_epochs: Draw every this many training epochs.
         probes_per_class: Probe images per class.
-        methods: Methods drawn beside Grad-CAM (``visualization.pictures.METHODS``): by default
+        methods: Methods drawn beside Grad-CAM (``visualization.methods.METHODS``): by default
             ``guided_backprop``, ``deconvolution``, ``guided_gradcam``; also ``integrated_gradients``,
             ``smoothgrad``, ``occlusion`` (a column each) and the CAM variants ``gradcam_pp``,
             ``xgradcam``, ``hirescam``, ``layercam``, ``scorecam`` (a column per layer). The
-            added ones cost 16 to 128 passes an image where the defaults cost one each: opt in.
+            added ones cost 49 to over 128 passes an image where the defaults cost one each: opt in.
         feature_top_k: Channels per layer in the feature-map pictures.
         feature_images: Probes shown in each layer's feature-map picture (a row each).
         attention: Draw SE/CBAM gates when the model has them.
@@ -98,22 +98,16 @@ class InterpretabilityDumps(ProbeSchedule):
         self.feature_images = feature_images
         self.attention = attention
         self.save_png = save_png
-        self.probe_images: torch.Tensor | None = None
-        self.probe_labels: torch.Tensor | None = None
-        self.classes: list[str] | None = None
+        self.probes: ProbeSet | None = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.probe_images is None:
-            return {}
-        return {"probe_images": self.probe_images, "probe_labels": self.probe_labels, "classes": self.classes}
+        return {} if self.probes is None else self.probes.state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
-            self.probe_images = state_dict["probe_images"]
-            self.probe_labels = state_dict["probe_labels"]
-            self.classes = list(state_dict["classes"])
+            self.probes = ProbeSet.from_state(state_dict)
 
     @override
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -124,15 +118,18 @@ class InterpretabilityDumps(ProbeSchedule):
         folder = picture_dir(trainer, f"pictures/{stage.value}") if wants_png else None
         if folder is None and not image_writers(trainer):
             return
-        if self.probe_images is None and not self._choose_probes(trainer, pl_module):
-            return
+        if self.probes is None:
+            self.probes = choose_probes(trainer, pl_module, self.probes_per_class, type(self).__name__)
+            if self.probes is None:
+                return
+        self.probes.view = data_view(trainer, self.probes.images)  # the run's data decide, also for older state
         # Drawn on the process's own thread count: a callback does not change process-wide settings
         # (on a busy machine with few cores, run with OMP_NUM_THREADS=1).
         pictures = render_pictures(
             pl_module,
-            self._model_view(trainer, self.probe_images),
-            self.probe_labels,
-            self.classes,
+            self.probes.model_input(),
+            self.probes.labels,
+            self.probes.classes,
             self.layers,
             layer_root=layer_root(pl_module),
             methods=self.methods,
@@ -143,26 +140,3 @@ class InterpretabilityDumps(ProbeSchedule):
         for tag, image in pictures.items():
             log_picture(trainer, tag, image, trainer.global_step, folder)
         self.last_step = trainer.global_step
-
-    def _choose_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        dataset = probe_dataset(trainer)
-        if dataset is None:
-            rank_zero_warn("InterpretabilityDumps found no dataset to draw probe images from; no pictures.")
-            return False
-        classes = getattr(trainer.datamodule, "classes", None)
-        self.classes = list(classes) if classes else [str(c) for c in range(pl_module.num_classes)]
-        self.probe_images, self.probe_labels = select_probes(dataset, len(self.classes), self.probes_per_class)
-        return True
-
-    def _model_view(self, trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
-        """Probes as the model sees a batch: floats in [0, 1], pixel-permuted if the data are.
-
-        Augmentation is left out on purpose: the pictures compare the same
-        images across epochs, and augmenting would draw random numbers.
-        """
-        x = images.float().div(255)
-        datamodule = trainer.datamodule
-        if getattr(datamodule, "permute_pixels", False):
-            flat = x.flatten(2)
-            x = flat[:, :, datamodule.permutation(flat.shape[-1])].view_as(x)
-        return x

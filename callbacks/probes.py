@@ -2,27 +2,86 @@
 
 ``InterpretabilityDumps`` (pictures) and ``FaithfulnessScores`` (numbers) look
 at the same fixed validation images on the same schedule; ``MistakeGallery``
-resolves its layer the same way. Lightning hooks and image choice only: the
-computing is in ``visualization``.
+resolves its layer the same way. :func:`choose_probes` is the one place that
+picks the probes and pairs them with what the model sees of them
+(:class:`visualization.model_view.ModelView`). Lightning hooks and image choice
+only: the computing is in ``visualization``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
 from callbacks.every_n import nth_epoch, require_at_least
 from user_input import UserInputError
 from visualization.attributions import resolve_layers
-from visualization.pictures import DEFAULT_METHODS, check_methods
+from visualization.model_view import ModelView
+from visualization.methods import DEFAULT_METHODS, check_methods
 
-__all__ = ["ProbeSchedule", "explained_layers", "layer_root", "probe_dataset", "select_probes"]
+__all__ = [
+    "ProbeSchedule", "ProbeSet", "choose_probes", "data_view", "explained_layers", "layer_root", "probe_dataset",
+    "select_probes",
+]
+
+
+@dataclass
+class ProbeSet:
+    """Fixed probe images (uint8, as stored) with their classes and the view that turns them into the model's input."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    view: ModelView
+
+    def model_input(self) -> torch.Tensor:
+        """The probes as the model sees a batch of them (see :class:`~visualization.model_view.ModelView`)."""
+        return self.view(self.images)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The keys ``InterpretabilityDumps`` has always kept, and the view for ``explain.py``."""
+        return {
+            "probe_images": self.images, "probe_labels": self.labels, "classes": list(self.classes),
+            **self.view.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], view: ModelView | None = None) -> ProbeSet:
+        """Probes kept by :meth:`state_dict`; ``view`` stands in where the state predates its view."""
+        kept = ModelView.from_state(state)
+        return cls(state["probe_images"], state["probe_labels"], list(state["classes"]), kept or view or ModelView())
+
+
+def data_view(trainer: L.Trainer, images: torch.Tensor) -> ModelView:
+    """What the trainer's datamodule makes of ``images`` for the model: the probes' view during a run."""
+    return ModelView.of_datamodule(trainer.datamodule, images.shape[-2] * images.shape[-1])
+
+
+def choose_probes(trainer: L.Trainer, pl_module: L.LightningModule, per_class: int, who: str) -> ProbeSet | None:
+    """The first ``per_class`` images of each class of the current split, with their model view; ``None`` without data.
+
+    Args:
+        trainer: Its current loop's dataset (validation during fit) is searched, then the training set.
+        pl_module: Gives the number of classes when the datamodule names none.
+        per_class: Images per class.
+        who: The caller's name for the warning when there is no dataset.
+    """
+    dataset = probe_dataset(trainer)
+    if dataset is None:
+        rank_zero_warn(f"{who} found no dataset to take probe images from; nothing drawn or scored.")
+        return None
+    classes = getattr(trainer.datamodule, "classes", None)
+    classes = list(classes) if classes else [str(c) for c in range(pl_module.num_classes)]
+    images, labels = select_probes(dataset, len(classes), per_class)
+    return ProbeSet(images, labels, classes, data_view(trainer, images))
 
 
 def select_probes(dataset: Any, num_classes: int, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +145,7 @@ class ProbeSchedule(L.Callback):
         layers: Dotted layer names in the model's ``net``, low to high; ``None``:
             the ones the network names (its ``explainable_layers``), set at ``setup``.
         every_n_epochs: Run every this many training epochs.
-        methods: Methods beside Grad-CAM, names of :data:`visualization.pictures.METHODS`.
+        methods: Methods beside Grad-CAM, names of :data:`visualization.methods.METHODS`.
     """
 
     def __init__(

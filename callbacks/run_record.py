@@ -43,6 +43,7 @@ from typing_extensions import override
 from lightning_private import user_hparams
 from precision_choice import cpu_bf16_feature
 from user_input import UserInputError
+from visualization.model_view import ModelView
 
 __all__ = ["RUN_RECORD_FILE", "RunRecorder", "hardware", "versions"]
 
@@ -261,10 +262,10 @@ class RunRecorder(L.Callback):
         for index, batch in enumerate(loader):
             if index == self.inference_batches:
                 return
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            if datamodule is not None:  # the same float conversion and pixel permutation as validation
-                batch = datamodule.on_after_batch_transfer(batch, 0)
-            yield batch[0] if isinstance(batch, (tuple, list)) else batch
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            images = pl_module.transfer_batch_to_device(images, pl_module.device, 0)
+            # What the model sees, as the pictures and scores get it: floats, pixel-permuted if the data are.
+            yield ModelView.of_datamodule(datamodule, images.shape[-2] * images.shape[-1])(images)
 
 
 def _commit() -> str | None:

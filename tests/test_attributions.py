@@ -7,21 +7,20 @@ import torch
 from torch import nn
 
 from user_input import UserInputError
+from captum.attr import LayerAttribution, LayerGradCam
+
 from visualization.attributions import (
-    CAM_METHODS,
     INPUT_ATTRIBUTIONS,
     attribution_mode,
-    capture_activations,
     deconvolution,
-    gradcam,
     guided_backprop,
     guided_gradcam,
-    layer_cams,
     normalize_per_image,
-    pointing_game,
     resolve_layers,
 )
-from visualization.pictures import METHODS, check_methods
+from visualization.cams import CAMS, capture_activations, gradcam, layer_cams
+from visualization.methods import CAM_METHODS, METHODS, check_methods
+from visualization.metrics import pointing_game
 
 
 class Gate(nn.Module):
@@ -259,15 +258,23 @@ def test_a_compiled_network_gives_the_uncompiled_maps_and_activations(monkeypatc
     assert compiled is not None and no_hooks(classifier)
 
 
-def test_the_cam_skeleton_gives_captums_gradcam(model, x):
-    """Grad-CAM's weights on the skeleton's activations and gradients equal Captum's LayerGradCam, layer by layer."""
+def test_our_gradcam_is_captums_layer_gradcam(model, x):
+    """The one Grad-CAM (the CAM base with the mean-gradient weights) equals Captum's LayerGradCam, layer by layer."""
     layers = resolve_layers(model, ["0", "4"])
     targets = torch.tensor([0, 1, 2])
-    ours = layer_cams(model, x, targets, layers, "gradcam")
-    captums = gradcam(model, x, targets, layers)
+    ours = gradcam(model, x, targets, layers)
     assert list(ours) == ["0", "4"] and all(ours[name].abs().sum() > 0 for name in ours)
-    for name in layers:
-        torch.testing.assert_close(ours[name], captums[name], rtol=0, atol=1e-6)
+    with attribution_mode(model):
+        for name, layer in layers.items():
+            raw = LayerGradCam(model, layer).attribute(x.clone(), target=targets, relu_attributions=True)
+            up = LayerAttribution.interpolate(raw, tuple(x.shape[-2:]), "bilinear")
+            torch.testing.assert_close(ours[name], normalize_per_image(up[:, 0].clamp_min(0)), rtol=0, atol=1e-6)
+    assert layer_cams(model, x, targets, layers, "gradcam").keys() == ours.keys()
+
+
+def test_only_score_cam_goes_without_gradients_and_no_method_is_special_cased_by_name():
+    assert [name for name, cam in CAMS.items() if not cam.uses_gradients] == ["scorecam"]
+    assert set(CAM_METHODS) == set(CAMS) - {"gradcam"} and set(METHODS) == {*INPUT_ATTRIBUTIONS, *CAM_METHODS}
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

@@ -19,7 +19,8 @@ from lightning_modules.cnn import CNNSEClassifier
 from lightning_modules.resnet import ResNet18CBAMClassifier
 from tests.conftest import REPO, pictures_off
 from tests.pictures_helpers import assert_picture, grid_cells, tensorboard_images, tiny_datamodule, tiny_trainer
-from visualization.attributions import gradcam, integrated_gradients, layer_cams, resolve_layers
+from visualization.attributions import integrated_gradients, resolve_layers
+from visualization.cams import gradcam, layer_cams
 from visualization.grids import gradcam_grid
 from visualization.pictures import attention_gates, picture_tags, render_pictures
 
@@ -95,14 +96,18 @@ def test_probes_are_the_first_image_of_each_class_and_kept_in_the_checkpoint(fit
     datamodule.setup("fit")
     val = datamodule.val_set
     first = [int((val.labels == c).nonzero()[0]) for c in range(3)]
-    assert dumps.probe_labels.tolist() == [0, 1, 2]
-    assert torch.equal(dumps.probe_images, val.images[first])
+    assert dumps.probes.labels.tolist() == [0, 1, 2]
+    assert torch.equal(dumps.probes.images, val.images[first])
     checkpoint = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=True)
     state = checkpoint["callbacks"]["InterpretabilityDumps"]
-    assert torch.equal(state["probe_images"], dumps.probe_images) and state["classes"] == ["bird", "cat", "ship"]
+    assert torch.equal(state["probe_images"], dumps.probes.images) and state["classes"] == ["bird", "cat", "ship"]
+    assert state["pixel_permutation"] is None  # unpermuted data: the model sees the images as stored
     restored = InterpretabilityDumps(LAYERS)
     restored.load_state_dict(state)
-    assert torch.equal(restored.probe_images, dumps.probe_images)
+    assert torch.equal(restored.probes.images, dumps.probes.images)
+    del state["pixel_permutation"]  # a checkpoint from before the view was kept still loads
+    restored.load_state_dict(state)
+    assert restored.probes.view.permutation is None
 
 
 def test_dumps_change_nothing_about_training(fitted, tiny_data, tmp_path):

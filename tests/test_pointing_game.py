@@ -27,8 +27,10 @@ from torch import nn
 from datamodules.augment import intra_op_threads
 from lightning_modules.attention import CBAM
 from lightning_modules.cnn import CNNClassifier, ConvBlock
-from visualization.attributions import gradcam, pointing_game, resolve_layers
-from visualization.faithfulness import random_map, saliency_maps
+from visualization.attributions import resolve_layers
+from visualization.cams import gradcam
+from visualization.metrics import pointing_game, random_map
+from visualization.faithfulness import saliency_maps
 from visualization.pictures import attention_gates
 
 SIZE = 32

@@ -21,7 +21,8 @@ from lightning_modules import CNNClassifier
 from tests.conftest import NO_PICTURES, REPO, pictures_off, write_image_folder
 from tests.pictures_helpers import grid_cells, tensorboard_images, tiny_trainer
 from tests.test_cli import tiny_args
-from visualization.attributions import gradcam, resolve_layers
+from visualization.attributions import resolve_layers
+from visualization.cams import gradcam
 from visualization.grids import heatmap_overlay
 from visualization.pictures import most_confident_mistakes
 

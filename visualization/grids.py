@@ -159,7 +159,7 @@ def gradcam_grid(
 
     Args:
         images: ``[N, 3, H, W]`` in ``[0, 1]``.
-        cams: ``{layer name: [N, H, W]}`` e.g. from ``attributions.gradcam``.
+        cams: ``{layer name: [N, H, W]}`` e.g. from ``cams.gradcam``.
         labels: True class index per image.
         preds: Predicted class index per image.
         classes: Class names, indexed by class.

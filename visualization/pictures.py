@@ -2,7 +2,7 @@
 
 One function, :func:`render_pictures`, gathers the tensors (predictions,
 Grad-CAM, input-gradient methods, activations, attention gates) with the
-functions of :mod:`visualization.attributions` and draws them with those of
+methods of :mod:`visualization.methods` and draws them with those of
 :mod:`visualization.grids` (pictures made of images) and :mod:`visualization.figures`
 (charts). The training callback and ``explain.py`` both
 call it, so a picture of a checkpoint is the picture TensorBoard showed during
@@ -18,23 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from user_input import UserInputError
-from visualization.attributions import (
-    CAM_METHODS,
-    INPUT_ATTRIBUTIONS,
-    attribution_mode,
-    capture_activations,
-    deconvolution,
-    gradcam,
-    guided_backprop,
-    guided_gradcam,
-    integrated_gradients,
-    layer_cams,
-    occlusion,
-    prepare_inputs,
-    resolve_layers,
-    smoothgrad,
-)
+from visualization.attributions import attribution_mode, prepare_inputs, resolve_layers
+from visualization.cams import capture_activations, gradcam
+from visualization.methods import DEFAULT_METHODS, cam_maps, check_methods, input_attributions
 from visualization.figures import channel_gates_figure, figure_to_image
 from visualization.grids import (
     feature_maps_grid,
@@ -45,21 +31,7 @@ from visualization.grids import (
     top_channels_grid,
 )
 
-__all__ = [
-    "CAM_METHODS", "DEFAULT_METHODS", "INPUT_METHODS", "METHODS", "attention_gates", "cam_maps", "check_methods",
-    "input_attributions", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures",
-]
-
-# Every method a config can name besides Grad-CAM (always drawn and scored at each layer), in drawing order:
-# the attributions on the input pixels, then the CAM variants (each at every layer, as Grad-CAM).
-INPUT_METHODS = INPUT_ATTRIBUTIONS
-METHODS = (*INPUT_METHODS, *CAM_METHODS)
-# What the callbacks draw and score unless told otherwise: three backward passes an image, cheap enough
-# for every few epochs. Integrated gradients (32 passes), SmoothGrad (16), occlusion (49 forward
-# passes) and Score-CAM (one forward pass per channel) are for the offline leaderboard, or opt-in.
-DEFAULT_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
-# Methods that change the gradient of nn.ReLU modules: on a model without any they would be plain gradients.
-_RELU_METHODS = ("guided_backprop", "deconvolution", "guided_gradcam")
+__all__ = ["attention_gates", "most_confident_mistakes", "picture_tags", "render_mistakes", "render_pictures"]
 
 # Channels of the last layer overlaid in the source's "attention" picture (SPEC 6).
 TOP_CHANNELS = 3
@@ -142,7 +114,7 @@ def render_pictures(
         layers: Layer names relative to ``layer_root``, low to high.
         layer_root: Module the names are resolved in (``model.net`` for our
             classifiers); default ``model``.
-        methods: Which of :data:`METHODS` to draw beside Grad-CAM: a CAM variant
+        methods: Which of :data:`visualization.methods.METHODS` to draw beside Grad-CAM: a CAM variant
             as one column per layer (after Grad-CAM's), an input method as one column.
         feature_top_k: Channels per layer in the feature-map pictures.
         feature_images: How many of the images (the first ones) get a row in
@@ -257,61 +229,6 @@ def _model_input(model: nn.Module, images: Tensor) -> Tensor:
         return images.float()
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
     return images.to(device=param.device, dtype=dtype)
-
-
-def check_methods(methods: Sequence[str], model: nn.Module | None = None) -> None:
-    """Refuse a method name outside :data:`METHODS`, or (given ``model``) one that does not apply to it.
-
-    Guided backpropagation, deconvolution and guided Grad-CAM work by changing
-    the gradient of ``nn.ReLU`` modules; on a model without one they would
-    silently be plain gradients, so they are refused there. (A CAM variant at a
-    layer without a spatial feature map is refused when it runs, by
-    :func:`visualization.attributions.layer_cams`.)
-
-    Raises:
-        UserInputError: The message lists the methods that apply.
-    """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserInputError(f"Unknown methods {unknown}.\nHINT: choose from {list(METHODS)}.")
-    if model is not None and not any(isinstance(m, nn.ReLU) for m in model.modules()):
-        refused = [m for m in methods if m in _RELU_METHODS]
-        if refused:
-            raise UserInputError(
-                f"Methods {refused} guide the gradient through nn.ReLU modules, and "
-                f"{type(model).__name__} has none.\n"
-                f"HINT: choose from those that apply to it: {[m for m in METHODS if m not in _RELU_METHODS]}."
-            )
-
-
-def input_attributions(
-    model: nn.Module, x: Tensor, targets: Tensor, methods: Sequence[str], last_layer: nn.Module
-) -> dict[str, Tensor]:
-    """The ``[N, C, H, W]`` attributions of the input methods among ``methods``, in :data:`INPUT_METHODS` order.
-
-    ``last_layer`` is the layer whose Grad-CAM masks guided Grad-CAM. CAM
-    variants in ``methods`` are left to :func:`cam_maps`.
-    """
-    compute = {
-        "guided_backprop": lambda: guided_backprop(model, x, targets),
-        "deconvolution": lambda: deconvolution(model, x, targets),
-        "guided_gradcam": lambda: guided_gradcam(model, x, targets, last_layer),
-        "integrated_gradients": lambda: integrated_gradients(model, x, targets),
-        "smoothgrad": lambda: smoothgrad(model, x, targets),
-        "occlusion": lambda: occlusion(model, x, targets),
-    }
-    return {name: compute[name]() for name in INPUT_METHODS if name in methods}
-
-
-def cam_maps(
-    model: nn.Module, x: Tensor, targets: Tensor, layers: dict[str, nn.Module], methods: Sequence[str]
-) -> dict[tuple[str, str], Tensor]:
-    """``{(method, layer): [N, H, W]}``: the CAM variants among ``methods`` (:data:`CAM_METHODS` order) at every layer."""
-    return {
-        (method, name): cam
-        for method in CAM_METHODS if method in methods
-        for name, cam in layer_cams(model, x, targets, layers, method).items()
-    }
 
 
 def _gate_label(name: str) -> str:
