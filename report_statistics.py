@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BootstrapResult", "mcnemar_exact", "paired_bootstrap", "t_interval", "t_quantile"]
+__all__ = ["BootstrapResult", "bootstrap_mean_interval", "mcnemar_exact", "paired_bootstrap", "t_interval",
+           "t_quantile"]
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000  # bootstrap replicates: a p-value resolves to 1/10,000, a 95 % bound to about 0.05 points
@@ -210,3 +211,22 @@ def _run_spread(first: np.ndarray, second: np.ndarray) -> tuple[float, float, in
             noise = len(runs) / (len(runs) - 1) * float(np.mean(per_image * (1 - per_image))) / runs.shape[1]
             noise_variance += (len(runs) - 1) * noise
     return run_variance / dof, noise_variance / dof, dof
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean over images (NaNs dropped), e.g. a faithfulness score's.
+
+    Raises:
+        ValueError: Fewer than 2 values: there is no spread to resample.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]
+    if values.size < 2:
+        raise ValueError(f"A bootstrap interval needs at least 2 values, got {values.size}.")
+    picks = np.random.default_rng(seed).integers(values.size, size=(resamples, values.size))
+    means = values[picks].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

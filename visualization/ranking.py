@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
+from report_statistics import bootstrap_mean_interval
 from visualization.faithfulness import (
     BASELINES,
     CHECKS,
@@ -69,31 +69,15 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 def bootstrap_interval(
     values: Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over images.
+    """Percentile bootstrap interval of the mean over images: ``report_statistics``'s, for a tensor.
 
-    Args:
-        values: ``[N]`` per-image values (e.g. Grad-CAM's deletion AUC minus
-            the random map's on the same image: a paired difference). NaNs are dropped.
-        confidence: Coverage of the interval.
-        resamples: Bootstrap resamples.
-        seed: Seeds the resampling.
-
-    Returns:
-        ``(low, high)``.
+    ``values``: ``[N]`` per-image values (e.g. Grad-CAM's deletion AUC minus the random map's on the
+    same image: a paired difference). NaNs are dropped.
 
     Raises:
         ValueError: Fewer than 2 values: there is no spread to resample.
     """
-    values = values.detach().double().flatten().cpu()
-    values = values[~values.isnan()]
-    if values.numel() < 2:
-        raise ValueError(f"A bootstrap interval needs at least 2 values, got {values.numel()}.")
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(values.numel(), (resamples, values.numel()), generator=generator)
-    means = values[picks].mean(dim=1)
-    tail = (1 - confidence) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype))
-    return float(low), float(high)
+    return bootstrap_mean_interval(values.detach().double().flatten().cpu().numpy(), confidence, resamples, seed)
 
 
 def shared_ranks(intervals: Sequence[tuple[float, float, float]], higher_is_better: bool) -> list[int]:
