@@ -53,9 +53,9 @@ from callbacks import (
 from callbacks.fault_tolerance import NonFiniteLossError
 from datamodules import ImageDataModule
 from lightning_modules import ImageClassifier
-from lightning_private import SubcommandFailureHook, quoted_user_error, replace_help
-from precision_choice import PrecisionChoice, choose_precision
-from user_input import UserInputError, user_input_errors_raised
+from common.lightning_private import SubcommandFailureHook, quoted_user_error, replace_help
+from common.precision_choice import PrecisionChoice, choose_precision
+from common.user_input import UserInputError, user_input_errors_raised
 
 # The checkpoint callbacks every run gets unless checkpointing is turned off.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
@@ -301,7 +301,7 @@ def _explain_project_flags(parser: LightningArgumentParser) -> None:
 
 
 def _settle_precision(trainer: Any) -> PrecisionChoice:
-    """Keep a precision the user gave; otherwise bf16 where the device runs it natively (``precision_choice``)."""
+    """Keep a precision the user gave; otherwise bf16 where the device runs it natively (common.precision_choice)."""
     given = trainer.get("precision")
     if given is not None:
         return PrecisionChoice(str(given), "given by --trainer.precision or the config")

@@ -58,7 +58,7 @@ from PIL import Image
 from callbacks.interpretability import InterpretabilityDumps
 from datamodules.image_folder import read_loose_images
 from lightning_modules import ImageClassifier
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.attributions import attribution_mode, prepare_inputs
 from visualization.faithfulness import SANITY_LIMIT, faithfulness_scores
 from visualization.faithfulness_tables import leaderboard_table, summary_table

@@ -49,7 +49,7 @@ from reporting import records
 from reporting.comparisons import Comparison, compare_configs, default_pairs
 from reporting.runs import DEFAULT_THRESHOLDS, REPORT_RUN, ReportError, Run, find_runs, group_runs
 from reporting.tables import environment_lines, per_class_table, results_table, comparison_table, summarize, wide_table
-from report_statistics import RESAMPLES
+from reporting.statistics import RESAMPLES
 from visualization.report_figures import Curve, accuracy_curves
 
 __all__ = ["details_markdown", "main", "results_markdown", "write_report"]
@@ -126,7 +126,7 @@ COMPARISON_NOTE = (
     "config's mean test accuracy minus the second's, in points, with a 95 % percentile interval from "
     "{resamples:,} bootstrap replicates (seed {seed}). Each replicate draws the test images with replacement, "
     "the same draw for both configs, and adds the seed-to-seed spread pooled over both configs' runs as a "
-    "Student-t draw (report_statistics.paired_bootstrap); the row says what its interval holds. "
+    "Student-t draw (reporting.statistics.paired_bootstrap); the row says what its interval holds. "
     "p: twice the smaller share of replicates on either side of zero. "
     "McNemar per seed both configs ran: images only the first got right vs only the second, and the exact "
     "two-sided p-value. Parameters: the first config's against the second's; what each costs in time is "

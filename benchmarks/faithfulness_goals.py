@@ -23,7 +23,7 @@ import torch
 import explain
 from callbacks.probes import select_probes
 from datamodules import CIFAR10DataModule
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.faithfulness import faithfulness_scores
 from visualization.faithfulness_tables import summary_table
 from visualization.model_view import ModelView

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["nth_epoch", "require_at_least"]
 

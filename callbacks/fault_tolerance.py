@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_private import saves_every_n_train_steps
+from common.lightning_private import saves_every_n_train_steps
 
 __all__ = [
     "AtomicCheckpointIO",

@@ -22,7 +22,7 @@ from torch import nn
 from typing_extensions import override
 
 from callbacks.every_n import nth_epoch, require_at_least
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.attributions import resolve_layers
 from visualization.model_view import ModelView
 from visualization.methods import DEFAULT_METHODS, check_methods

@@ -40,9 +40,9 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_private import user_hparams
-from precision_choice import cpu_bf16_feature
-from user_input import UserInputError
+from common.lightning_private import user_hparams
+from common.precision_choice import cpu_bf16_feature
+from common.user_input import UserInputError
 from visualization.model_view import ModelView
 
 __all__ = ["RUN_RECORD_FILE", "RunRecorder", "hardware", "versions"]

@@ -57,7 +57,7 @@ begins stages (at fit start, resumed or not, and at an epoch start), and the
 ``stage_lr`` policy only decides the groups and their rates (``_regroup``).
 
 Schedulers: ``ReduceLROnPlateau`` keeps one minimum per group, extended here as
-groups are added (through ``lightning_private``, which owns its internals).
+groups are added (through ``common.lightning_private``, which owns its internals).
 Schedulers that compute rates from per-group base rates would rescale or break
 when groups appear, so they are refused at start.
 """
@@ -77,8 +77,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_private import plateau_fit_groups, plateau_min_lr, plateau_restart, rewrap_ddp
-from user_input import UserInputError
+from common.lightning_private import plateau_fit_groups, plateau_min_lr, plateau_restart, rewrap_ddp
+from common.user_input import UserInputError
 
 __all__ = ["ProgressiveUnfreeze", "Stage"]
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as F
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["AugmentParams", "BatchAugment", "intra_op_threads"]
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.augment import BatchAugment
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder, read_loose_images
 from datamodules.sampling import EvalShardSampler, ResumableLoader, ResumableShuffleSampler, loader_generator
-from lightning_private import batches_trained_this_epoch
+from common.lightning_private import batches_trained_this_epoch
 
 __all__ = ["ImageDataModule", "InMemoryImages", "IndexedImages"]
 

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torchvision.io import ImageReadMode, decode_image
 
 from callbacks.fault_tolerance import replaced_atomically
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["DataError", "ImageSet", "IMAGE_SUFFIXES", "find_classes", "load_image_folder", "read_loose_images"]
 

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = [
     "ATTENTION",

@@ -24,8 +24,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
-from lightning_private import epochs_trained, scheduler_parts
-from user_input import UserInputError
+from common.lightning_private import epochs_trained, scheduler_parts
+from common.user_input import UserInputError
 
 __all__ = ["ImageClassifier", "reference_plateau"]
 

@@ -20,7 +20,7 @@ from torch import nn
 from lightning_modules.attention import alias_arguments, attention_name, create_attention
 from lightning_modules.base import ImageClassifier
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["CNN", "ConvBlock", "CNNClassifier", "CNNSEClassifier", "CNNCBAMClassifier"]
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from lightning_modules.base import ImageClassifier
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["LeNet", "LeNetClassifier"]
 

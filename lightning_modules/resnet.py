@@ -23,7 +23,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from lightning_modules.attention import alias_arguments, attention_name, create_attention
 from lightning_modules.base import ImageClassifier
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["CifarResNet18", "ResNet18Classifier", "ResNet18CBAMClassifier", "PretrainedWeightsError"]
 

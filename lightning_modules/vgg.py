@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_modules.base import ImageClassifier
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 __all__ = ["VGG", "VGG_CONFIGS", "VGGClassifier", "make_layers"]
 

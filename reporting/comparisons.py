@@ -10,7 +10,7 @@ import numpy as np
 
 from callbacks.predictions import PREDICTIONS_FILE
 from reporting.runs import ReportError, Run, TestPredictions
-from report_statistics import RESAMPLES, BootstrapResult, mcnemar_exact, paired_bootstrap
+from reporting.statistics import RESAMPLES, BootstrapResult, mcnemar_exact, paired_bootstrap
 
 # How far a run's predictions.csv may score from its test/acc before the report says so: another
 # precision moves a handful of the 10,000 test images (bf16 against fp32: 5), another checkpoint

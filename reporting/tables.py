@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reporting.runs import Run
-from report_statistics import t_interval
+from reporting.statistics import t_interval
 from visualization import tables
 
 if TYPE_CHECKING:

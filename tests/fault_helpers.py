@@ -11,7 +11,7 @@ import torch
 
 from callbacks import PredictionWriter
 from lightning_modules import CNNClassifier
-from lightning_private import batches_trained_this_epoch
+from common.lightning_private import batches_trained_this_epoch
 
 
 class SigtermAtStep(L.Callback):

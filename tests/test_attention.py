@@ -24,7 +24,7 @@ from lightning_modules.attention import (
 )
 from tests.conftest import REPO
 from tests.test_cli import tiny_args
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.faithfulness import saliency_maps
 from visualization.pictures import attention_gates, picture_tags, render_pictures
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 from captum.attr import LayerAttribution, LayerGradCam
 
 from visualization.attributions import (

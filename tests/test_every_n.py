@@ -8,7 +8,7 @@ import pytest
 
 from callbacks import ConfusionMatrixPlot, FaithfulnessScores, InterpretabilityDumps, LossPlots, MistakeGallery
 from callbacks.every_n import nth_epoch
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 
 @pytest.mark.parametrize(

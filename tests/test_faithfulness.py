@@ -21,7 +21,7 @@ from benchmarks.faithfulness_goals import balanced_images
 from callbacks import FaithfulnessScores
 from lightning_modules.cnn import CNN, CNNClassifier
 from tests.pictures_helpers import tensorboard_images, tiny_datamodule, tiny_trainer
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.attributions import (
     IG_STEPS,
     SMOOTHGRAD_SAMPLES,

@@ -81,7 +81,7 @@ def test_cnn_blocks_are_named_conv1_to_conv3_with_the_attention_inside():
 
 def test_the_cnn_refuses_an_attention_block_it_does_not_have():
     from lightning_modules.cnn import CNN
-    from user_input import UserInputError
+    from common.user_input import UserInputError
 
     with pytest.raises(UserInputError, match=r"(?s)attention='bam'.*\['none', 'se', 'cbam', 'eca'"):
         CNN(3, 10, attention="bam")

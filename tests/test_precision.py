@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lightning_modules import CNNClassifier
-from precision_choice import choose_precision
+from common.precision_choice import choose_precision
 from tests.conftest import NO_PICTURES
 from tests.test_cli import REPO, tiny_args
 from visualization.faithfulness import faithfulness_scores

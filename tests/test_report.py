@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import report
 from reporting.runs import read_run
-from report_statistics import paired_bootstrap
+from reporting.statistics import paired_bootstrap
 from datamodules import CIFAR10DataModule
 from tests.conftest import NO_PICTURES, REPO
 

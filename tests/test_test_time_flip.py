@@ -8,7 +8,7 @@ import torch
 
 from datamodules import CIFAR10DataModule
 from lightning_modules import CNNClassifier
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 
 def _tester() -> L.Trainer:

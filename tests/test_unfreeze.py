@@ -15,7 +15,7 @@ from callbacks import ProgressiveUnfreeze
 from tests.conftest import NO_PICTURES, REPO, config_with_stages
 from tests.test_cli import tiny_args
 from tests.unfreeze_helpers import ScheduleRecorder, write_config
-from user_input import UserInputError
+from common.user_input import UserInputError
 
 RECORDER = "tests.unfreeze_helpers.ScheduleRecorder"
 

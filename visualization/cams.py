@@ -39,7 +39,7 @@ import torch
 from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.attributions import (
     CHUNK,
     EPS,

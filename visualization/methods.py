@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from user_input import UserInputError
+from common.user_input import UserInputError
 from visualization.attributions import INPUT_ATTRIBUTIONS
 from visualization.cams import CAMS
 

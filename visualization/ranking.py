@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from report_statistics import bootstrap_mean_interval
+from reporting.statistics import bootstrap_mean_interval
 from visualization.faithfulness import (
     BASELINES,
     CHECKS,
@@ -69,7 +69,7 @@ def _mean_and_interval(name: str, values: Tensor | None, confidence: float, seed
 def bootstrap_interval(
     values: Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over images: ``report_statistics``'s, for a tensor.
+    """Percentile bootstrap interval of the mean over images: ``reporting.statistics``'s, for a tensor.
 
     ``values``: ``[N]`` per-image values (e.g. Grad-CAM's deletion AUC minus the random map's on the
     same image: a paired difference). NaNs are dropped.

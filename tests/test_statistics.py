@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from report_statistics import mcnemar_exact, paired_bootstrap, t_interval, t_quantile
+from reporting.statistics import mcnemar_exact, paired_bootstrap, t_interval, t_quantile
 
 
 def test_t_quantile_matches_the_closed_forms():

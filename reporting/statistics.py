@@ -1,13 +1,13 @@
 """The statistics behind the report's intervals and comparisons: plain ``math`` and NumPy, no SciPy.
 
-Three tools, each small enough to check by hand (``tests/test_report_statistics.py`` does):
+Three tools, each small enough to check by hand (``tests/test_statistics.py`` does):
 
 - :func:`t_interval`: mean over seeds and its 95 % Student-t interval, for a config's test accuracy.
   Seeds are few (2-3), so the normal 1.96 would be far too narrow; the t quantile with n - 1
   degrees of freedom is computed here (:func:`t_quantile`) rather than typed from a table.
 - :func:`paired_bootstrap`: the difference in test accuracy between two configs, with a
   percentile interval and a p-value, from predictions on the same test images. A simulation
-  (``tests/test_report_statistics.py``) checks that its 95 % interval covers 93-97 % of the time.
+  (``tests/test_statistics.py``) checks that its 95 % interval covers 93-97 % of the time.
 - :func:`mcnemar_exact`: McNemar's exact test for two runs on the same images.
 
 SciPy would give the t quantile and the binomial test, but it is not a dependency of this

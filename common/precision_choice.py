@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lightning_private import cpu_bf16_feature  # torch's probes are private: read in the adapter
+from common.lightning_private import cpu_bf16_feature  # torch's probes are private: read in the adapter
 
 __all__ = ["PrecisionChoice", "choose_precision", "cpu_bf16_feature", "resolve_device_type"]
 
