@@ -3,6 +3,7 @@
     python report.py results --markdown-only             # the README's results block, from the records
     python report.py results --details-only              # docs/results.md's tables, from the records
     python report.py lightning_logs --record-to results  # a record (results/<config>/<run>.json) per tested run
+    python report.py results --update README.md docs/results.md  # rewrite their generated blocks
     python report.py lightning_logs                      # writes lightning_logs/report/
     python report.py lightning_logs --out reports/today --thresholds 0.5 0.6 0.7
     python report.py lightning_logs --markdown-only      # prints the README's results, writes nothing
@@ -287,6 +288,38 @@ def _log_to_tensorboard(run_dir: Path, table: str, figures: dict[str, Any]) -> N
         writer.close()
 
 
+END_MARKER = "<!-- end of report.py's output -->"
+
+
+def update_blocks(path: Path, source: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> int:
+    """Rewrite each generated block of ``path`` from ``source``; returns how many were rewritten.
+
+    A block is ``<!-- python report.py SOURCE --markdown-only -->`` (or ``--details-only``), a blank
+    line, the output, then ``<!-- end of report.py's output -->``: the README and docs/results.md
+    hold them, and a test checks they match the records.
+
+    Raises:
+        ReportError: if ``path`` has no block for ``source``, or a block has no end marker.
+    """
+    text = path.read_text()
+    rewritten = 0
+    for flag, build in (("--markdown-only", lambda: results_markdown(source, thresholds)),
+                        ("--details-only", lambda: details_markdown(source, thresholds))):
+        start = f"<!-- python report.py {source} {flag} -->\n\n"
+        if start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        if END_MARKER not in rest:
+            raise ReportError(f"{path}: the block '{start.strip()}' has no end line '{END_MARKER}'.")
+        text = head + start + build() + END_MARKER + rest.split(END_MARKER, 1)[1]
+        rewritten += 1
+    if not rewritten:
+        raise ReportError(f"{path} has no block '<!-- python report.py {source} --markdown-only -->' or "
+                          "'... --details-only -->'.\nHINT: add one where the tables belong, with its end line.")
+    path.write_text(text)
+    return rewritten
+
+
 def main(argv: Sequence[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logdir", type=Path, help="results (the records) or the runs' save_dir, e.g. lightning_logs")
@@ -316,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         help="write a record (RESULTS/<config>/<run>.json) of every finished run under LOGDIR that was tested and "
              "predicted; no report",
     )
+    printed.add_argument(
+        "--update", type=Path, nargs="+", default=None, metavar="FILE",
+        help="rewrite the generated blocks of these Markdown files (README.md docs/results.md) from LOGDIR",
+    )
     parser.add_argument("--commit", default=None,
                         help="with --record-to: the commit the runs trained at, where their run.json has none")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap replicates per comparison")
@@ -325,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         parser.error(f"--resamples {args.resamples} must be at least 1 (e.g. 10000).")
     pairs = [tuple(pair) for pair in args.compare] if args.compare else None
     try:
+        if args.update is not None:
+            for path in args.update:
+                print(f"{path}: {update_blocks(path, args.logdir, args.thresholds)} block(s) rewritten")
+            return None
         if args.record_to is not None:
             written, skipped = record_runs(args.logdir, args.record_to, args.commit)
             for path in written:

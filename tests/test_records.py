@@ -128,13 +128,13 @@ def test_a_file_that_is_not_a_record_is_named(tmp_path):
 
 
 def _block(text: str, command: str) -> str:
-    match = re.search(rf"<!-- {re.escape(command)} -->\n\n(.*?)\n<!-- end of report.py's output -->", text, re.S)
+    match = re.search(rf"<!-- {re.escape(command)} -->\n\n(.*?)<!-- end of report.py's output -->", text, re.S)
     assert match, f"no block '<!-- {command} -->' ... '<!-- end of report.py's output -->'"
     return match.group(1)
 
 
 def test_the_readme_and_docs_publish_the_records_as_report_py_prints_them():
-    """Edit results/, then paste `python report.py results --markdown-only` (and --details-only) in again."""
+    """After a change to results/: `python report.py results --update README.md docs/results.md`."""
     readme = _block((REPO / "README.md").read_text(), "python report.py results --markdown-only")
     assert readme == report.results_markdown(REPO / "results")
     details = _block((REPO / "docs" / "results.md").read_text(), "python report.py results --details-only")
@@ -193,3 +193,19 @@ def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped
     assert path.parent.name == "mlp_tiny" and record["config_file"] == "configs/mlp.yaml"
     assert [epoch["epoch"] for epoch in record["epochs"]] == [1]  # resumed at its end: no second epoch
     assert record["test_predictions"]["count"] == 18  # tiny_data: 3 classes of 6 test images
+
+
+def test_update_rewrites_only_the_generated_block(recorded, tmp_path):
+    _, path, _ = recorded
+    results = path.parent.parent
+    page = tmp_path / "page.md"
+    start = f"<!-- python report.py {results} --markdown-only -->"
+    page.write_text(f"# Before\n\n{start}\n\nan old table\n<!-- end of report.py's output -->\n\nAfter.\n")
+    assert report.main([str(results), "--update", str(page)]) is None
+    text = page.read_text()
+    assert text.startswith(f"# Before\n\n{start}\n\n") and text.endswith("<!-- end of report.py's output -->\n\nAfter.\n")
+    assert "an old table" not in text and _block(text, start[5:-4]) == report.results_markdown(results)
+    (tmp_path / "other.md").write_text("no block here\n")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(results), "--update", str(tmp_path / "other.md")])
+    assert exit_info.value.code == 2
