@@ -1,0 +1,23 @@
+"""benchmarks.epoch_cost: a shipped recipe's epoch cost from its own training and inference speeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import epoch_cost
+
+
+def test_epoch_cost_adds_the_splits_at_their_speeds_and_scales_by_the_recipes_epochs(tiny_data, capsys):
+    (row,) = epoch_cost.main(["--configs", "cnn_fast", "--data", str(tiny_data), "--steps", "1", "--warmup", "1",
+                              "--val-batches", "1", "--rounds", "1", "--budget-hours", "2",
+                              "--override", "data.val_size", "12", "--override", "data.batch_size", "16"])
+    assert row["epochs"] == 20  # cnn_fast.yaml's length, read from the config
+    assert row["train_images_per_second"] > 0 and row["inference_images_per_second"] > 0
+    built = epoch_cost._built("cnn_fast", tiny_data, 1, ["--data.val_size", "12"])
+    built.datamodule.setup("fit")
+    train, val = len(built.datamodule.train_set), len(built.datamodule.val_set)
+    expected = train / row["train_images_per_second"] + val / row["inference_images_per_second"]
+    assert row["epoch_seconds"] == pytest.approx(expected)
+    assert row["total_hours"] == pytest.approx(20 * expected / 3600)
+    printed = capsys.readouterr().out
+    assert "| cnn_fast |" in printed and "x the 2 h budget" in printed
