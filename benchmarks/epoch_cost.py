@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import cli
+from common.precision_choice import choose_precision
 from benchmarks.common import DEFAULT_DATA, REPO, machine_line, print_table
 from benchmarks.training_throughput import _StepTimer
 
@@ -30,9 +31,14 @@ QUIET_FLAGS = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "f
 
 
 def _built(config: str, data: Path, steps: int, overrides: list[str] = ()) -> cli.ProjectCLI:
-    """The config's model, datamodule and trainer, as ``fit`` builds them (``run=False``: no subcommand)."""
+    """The config's model, datamodule and trainer, as ``fit`` builds them.
+
+    ``run=False`` builds them without a subcommand, so without ``fit``'s automatic precision: it is
+    chosen here the same way (``--override trainer.precision ...`` still wins).
+    """
     args = ["--config", str(REPO / "configs" / f"{config}.yaml"), "--data.data_dir", str(data),
-            "--trainer.max_steps", str(steps), *QUIET_FLAGS, *overrides]
+            "--trainer.max_steps", str(steps), "--trainer.precision", choose_precision("cpu").precision,
+            *QUIET_FLAGS, *overrides]
     return cli.main(args, run=False)
 
 
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         rows.append([config, f"{train[config]:.1f}", f"{infer[config]:.1f}", f"{epoch_seconds:.0f}", epochs,
                      f"{total_hours:.2f}", f"{total_hours / args.budget_hours:.2f}"])
     print(machine_line())
-    print_table(f"quiet seconds per epoch, {torch.get_num_threads()} threads, best of {args.rounds} rounds, "
+    precision = _built(args.configs[0], args.data, 1, overrides).trainer.precision
+    print_table(f"quiet seconds per epoch, {precision}, {torch.get_num_threads()} threads, best of {args.rounds} rounds, "
                 f"{args.steps} timed batches", ["config", "train img/s", "inference img/s", "s/epoch", "epochs",
                                                  "full run (h)", f"x the {args.budget_hours:g} h budget"], rows)
     if len(results) > 1:

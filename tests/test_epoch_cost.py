@@ -21,3 +21,7 @@ def test_epoch_cost_adds_the_splits_at_their_speeds_and_scales_by_the_recipes_ep
     assert row["total_hours"] == pytest.approx(20 * expected / 3600)
     printed = capsys.readouterr().out
     assert "| cnn_fast |" in printed and "x the 2 h budget" in printed
+    # The precision fit would choose here (bf16-mixed where the CPU runs it natively), not Lightning's default.
+    from common.precision_choice import choose_precision
+    assert built.trainer.precision == choose_precision("cpu").precision
+    assert f"quiet seconds per epoch, {choose_precision('cpu').precision}," in printed
