@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from datamodules.cifar10 import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+from visualization.tables import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "cifar10-jpg"
@@ -63,10 +64,7 @@ def images_per_second(batches: Iterable, steps: int, warmup: int, step: Callable
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A Markdown table, so results paste straight into the README."""
     print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    print(markdown_table(header, [[f"{v:,.1f}" if isinstance(v, float) else v for v in row] for row in rows]))
 
 
 def machine_line() -> str:
