@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import gpu_check
+from benchmarks import gpu_check, gpu_cli_rows, gpu_data
 from tests.conftest import REPO
 
 
@@ -76,8 +76,8 @@ def test_rows_past_the_budget_are_skipped_not_run(tmp_path):
 
 
 def test_lay_out_tiles_the_carried_images_with_links(tmp_path):
-    carried = gpu_check.write_generated_images(tmp_path / "carried", classes=2, per_class=3)
-    counts = gpu_check.lay_out(carried, tmp_path / "data", train_per_class=7, test_per_class=2)
+    carried = gpu_data.write_generated_images(tmp_path / "carried", classes=2, per_class=3)
+    counts = gpu_data.lay_out(carried, tmp_path / "data", train_per_class=7, test_per_class=2)
     assert counts == {"distinct": 6, "train_files": 14}
     files = sorted((tmp_path / "data" / "train" / "class1").iterdir())
     assert len(files) == 7 and files[0].read_bytes() == files[3].read_bytes() == files[6].read_bytes()
@@ -88,7 +88,7 @@ def test_fit_rows_run_the_shipped_config_with_every_layer_training(tmp_path, tin
     """The fit rows get the per-step standard callbacks, not the drawing ones; the ResNet's schedule trains all."""
     import cli
 
-    config = gpu_check.fit_config("resnet_cbam", tmp_path)
+    config = gpu_cli_rows.fit_config("resnet_cbam", tmp_path)
     built = cli.main(["--config", str(config), "--data.data_dir", str(tiny_data), "--model.pretrained", "false",
                       "--trainer.accelerator", "cpu"], run=False)
     names = {type(c).__name__ for c in built.trainer.callbacks}
@@ -100,4 +100,4 @@ def test_fit_rows_run_the_shipped_config_with_every_layer_training(tmp_path, tin
 
 
 def test_expected_stages_follow_the_shipped_schedule():
-    assert gpu_check.expected_stages(REPO / "configs" / "resnet_cbam.yaml", 22) == [0] * 5 + [1] * 15 + [2] * 2
+    assert gpu_cli_rows.expected_stages(REPO / "configs" / "resnet_cbam.yaml", 22) == [0] * 5 + [1] * 15 + [2] * 2
