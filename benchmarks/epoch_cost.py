@@ -15,6 +15,7 @@ split at the inference speed; pictures and checkpoints are left out (a few perce
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def _built(config: str, data: Path, steps: int, overrides: list[str] = ()) -> cl
     ``run=False`` builds them without a subcommand, so without ``fit``'s automatic precision: it is
     chosen here the same way (``--override trainer.precision ...`` still wins).
     """
+    # The run's folder (fit saves its config.yaml there) is a temporary one, not the caller's directory.
     args = ["--config", str(REPO / "configs" / f"{config}.yaml"), "--data.data_dir", str(data),
+            "--trainer.default_root_dir", tempfile.mkdtemp(prefix="epoch_cost_"),
             "--trainer.max_steps", str(steps), "--trainer.precision", choose_precision("cpu").precision,
             *QUIET_FLAGS, *overrides]
     return cli.main(args, run=False)

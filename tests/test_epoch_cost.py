@@ -7,7 +7,9 @@ import pytest
 from benchmarks import epoch_cost
 
 
-def test_epoch_cost_adds_the_splits_at_their_speeds_and_scales_by_the_recipes_epochs(tiny_data, capsys):
+def test_epoch_cost_adds_the_splits_at_their_speeds_and_scales_by_the_recipes_epochs(tiny_data, capsys, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (row,) = epoch_cost.main(["--configs", "cnn_fast", "--data", str(tiny_data), "--steps", "1", "--warmup", "1",
                               "--val-batches", "1", "--rounds", "1", "--budget-hours", "2",
                               "--override", "data.val_size", "12", "--override", "data.batch_size", "16"])
@@ -20,6 +22,7 @@ def test_epoch_cost_adds_the_splits_at_their_speeds_and_scales_by_the_recipes_ep
     assert row["epoch_seconds"] == pytest.approx(expected)
     assert row["total_hours"] == pytest.approx(20 * expected / 3600)
     printed = capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # nothing left in the caller's directory (fit's config.yaml went elsewhere)
     assert "| cnn_fast |" in printed and "x the 2 h budget" in printed
     # The precision fit would choose here (bf16-mixed where the CPU runs it natively), not Lightning's default.
     from common.precision_choice import choose_precision
