@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,15 +177,11 @@ def test_a_run_resumed_after_its_test_is_not_published_with_the_old_numbers(tmp_
 
 def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped(tiny_data, tmp_path):
     """scripts/publish_run.sh end to end in a copy of the project, run twice: the second run adds nothing."""
-    import shutil
-    import subprocess
-    import sys
-
     project = tmp_path / "project"
     shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".venv*", "results", "lightning_logs",
                                                                   "__pycache__", "data", "*.egg-info"))
-    env = {**__import__("os").environ, "DATA": str(tiny_data), "LOGS": str(tmp_path / "logs"),
-           "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"}
+    env = {**os.environ, "DATA": str(tiny_data), "LOGS": str(tmp_path / "logs"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     command = ["bash", "scripts/publish_run.sh", "mlp_tiny", "mlp", "--data.val_size", "12", "--data.batch_size",
                "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--loss_plots", "null",
                "--confusion_matrix", "null"]
