@@ -128,7 +128,8 @@ class ProjectCLI(SubcommandFailureHook, LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        replace_help(parser, PROJECT_HELP)  # ckpt_path joins each subcommand's parser after add_arguments_to_parser
+        # Here, not in add_arguments_to_parser: ckpt_path joins each subcommand's parser after that hook.
+        replace_help(parser, PROJECT_HELP)
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -295,9 +296,8 @@ PROJECT_HELP = {
 
 
 def _explain_project_flags(parser: LightningArgumentParser) -> None:
-    """Help texts that say what this project does with Lightning's flags, not Lightning's own defaults."""
+    """Where the model's and data's own options are; the flags' own texts are replaced in ``parse_arguments``."""
     parser.epilog = HELP_EPILOG
-    replace_help(parser, PROJECT_HELP)
 
 
 def _settle_precision(trainer: Any) -> PrecisionChoice:

@@ -17,6 +17,7 @@ what a reader needs to trust and recompute a published number, in a few KB:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -71,8 +72,13 @@ def _cli_key(key: str) -> str:
     return key.replace(".init_args.", ".")
 
 
+@functools.lru_cache(maxsize=None)
 def _shipped_config(config_file: Path) -> dict[str, Any]:
-    """The complete config ``cli.py fit --config FILE`` resolves, defaults included (what a run would save)."""
+    """The complete config ``cli.py fit --config FILE`` resolves, defaults included (what a run would save).
+
+    Cached: ``--record-to`` records every run of a log folder, many of them of one config, and each
+    resolution is a ``cli.py`` process (seconds). Callers only read the result.
+    """
     done = subprocess.run(
         [sys.executable, str(CONFIGS.parent / "cli.py"), "fit", "--config", str(config_file), "--print_config"],
         capture_output=True, text=True, check=False, cwd=CONFIGS.parent,
