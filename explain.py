@@ -1,8 +1,8 @@
 """The training-time pictures for a saved checkpoint and your own images, as PNG files.
 
     python explain.py --ckpt lightning_logs/cnn/version_0/checkpoints/last.ckpt \\
-        [--images my_images/] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8] [--faithfulness]
-        [--methods integrated_gradients layercam ...]
+        [--images my_images/ [--per-class 10]] [--out pictures/] [--layers conv1 conv2 conv3] [--mistakes 8]
+        [--faithfulness] [--methods integrated_gradients layercam ...] [--no-pictures]
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
 plain values only, so a file someone sent you cannot run code when explained.
@@ -25,11 +25,14 @@ the leaderboard (one row per method and layer, each score with its 95 %
 bootstrap interval over the images and its rank; overlapping intervals share a
 rank; a method that fails the model-randomisation check is flagged and not
 ranked) and writes it with the full scores to ``faithfulness.md``,
-``faithfulness.csv`` and ``leaderboard.csv``, and the curves to
-``faithfulness_curves.png``. It scores every method of
+``faithfulness.csv`` and ``leaderboard.csv``, the curves to
+``faithfulness_curves.png``, and the leaderboard with a fingerprint of its
+images to ``faithfulness.json`` (what a published run keeps). It scores every method of
 ``visualization.methods.METHODS`` unless ``--methods`` names some; that flag
 also adds methods to the pictures (which otherwise show the training-time
-defaults).
+defaults). ``--per-class N`` takes the first N images of each class folder
+of ``--images``: the same sample for every checkpoint, so leaderboards
+compare. ``--no-pictures`` skips the pictures when only the scores are wanted.
 
 The model class, the layers and the class names come from the run itself: the
 ``config.yaml`` that ``cli.py`` saves next to ``checkpoints/`` and the class
@@ -42,7 +45,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import importlib
+import json
+import math
 import pickle
 import re
 import sys
@@ -176,6 +182,8 @@ def explain(
     mistakes: int = 0,
     faithfulness: bool = False,
     methods: Sequence[str] | None = None,
+    per_class: int | None = None,
+    pictures: bool = True,
 ) -> list[Path]:
     """Write the pictures of ``ckpt`` for ``images`` (or its probe set) into ``out``; returns the files.
 
@@ -183,10 +191,12 @@ def explain(
     ``mistakes`` > 0 also writes ``mistakes.png``: that many of the labelled
     images the model got wrong most confidently, with Grad-CAM of the last
     layer for the predicted and the true class (the ``mistakes/*`` picture of training).
-    ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv``, ``leaderboard.csv`` and
-    ``faithfulness_curves.png`` (see ``write_faithfulness``). ``methods`` (names of
+    ``faithfulness`` also writes ``faithfulness.md``, ``faithfulness.csv``, ``leaderboard.csv``,
+    ``faithfulness.json`` and ``faithfulness_curves.png`` (see ``write_faithfulness``). ``methods`` (names of
     ``visualization.methods.METHODS``) are drawn and scored; ``None``: the pictures show
-    the training-time defaults and every method is scored.
+    the training-time defaults and every method is scored. ``per_class`` keeps the first that many
+    images (by name) of each sub-folder of ``images``: a fixed sample of a labelled split, the same for
+    every checkpoint. ``pictures=False`` writes no pictures (for ``faithfulness`` or ``mistakes`` alone).
     """
     model, checkpoint = load_model(ckpt, class_name, device, trust)
     check_methods(methods or METHODS, model)  # an unknown or inapplicable method fails before anything is written
@@ -198,9 +208,13 @@ def explain(
         )
     probes = stored_probes(checkpoint)
     classes = list(checkpoint.get("classes") or probes.get("classes") or [str(c) for c in range(model.num_classes)])
+    image_names = None
     if images is not None:
-        found = read_loose_images(images, model.input_shape, classes)
-        pixels, labels = found.images, found.labels
+        found = read_loose_images(images, model.input_shape, classes, per_folder=per_class)
+        pixels, labels, image_names = found.images, found.labels, found.paths
+    elif per_class is not None:
+        raise ExplainError("--per-class picks images from the folder --images names; none was given.\n"
+                           "HINT: pass --images, e.g. --images ../shared/cifar10-jpg/test --per-class 10.")
     elif probes:
         pixels, labels = probes["probe_images"], probes["probe_labels"]
     else:
@@ -215,7 +229,7 @@ def explain(
         )
     x_all = checkpoint_view(checkpoint, probes, pixels)(pixels)  # what the model saw: permuted if its data were
     out.mkdir(parents=True, exist_ok=True)
-    pages = range(0, len(pixels), PAGE_SIZE)
+    pages = range(0, len(pixels), PAGE_SIZE) if pictures else range(0)
     written = []
     for page, start in enumerate(pages):
         chunk = slice(start, start + PAGE_SIZE)
@@ -232,25 +246,29 @@ def explain(
     if mistakes > 0:
         written += write_mistakes(model, x_all, labels, classes, layers[-1], mistakes, out)
     if faithfulness:
-        written += write_faithfulness(model, x_all, layers, out, methods or METHODS)
+        written += write_faithfulness(model, x_all, layers, out, methods or METHODS, image_names)
     return written
 
 
 def write_faithfulness(
-    model: ImageClassifier, x: torch.Tensor, layers: list[str], out: Path, methods: Sequence[str] = METHODS
+    model: ImageClassifier, x: torch.Tensor, layers: list[str], out: Path, methods: Sequence[str] = METHODS,
+    image_names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Print the leaderboard; write it and every score to ``faithfulness.md``, ``faithfulness.csv``,
-    ``leaderboard.csv``, and the curves to ``faithfulness_curves.png``.
+    ``leaderboard.csv``, the curves to ``faithfulness_curves.png``, and ``faithfulness.json``: the
+    leaderboard with which images it scored, small enough to publish beside a run's record.
 
-    ``x``: the images as the model sees them (see ``checkpoint_view``).
+    ``x``: the images as the model sees them (see ``checkpoint_view``); ``image_names``: their files,
+    fingerprinted in the JSON so that two leaderboards can be checked to score the same images.
 
     The scores are those the ``FaithfulnessScores`` callback logs, over all the
     images at once and with finer curves (16 deletion/insertion steps, 8 ROAD steps).
     """
     start = time.perf_counter()
     result = faithfulness_scores(model, x, layers, layer_root=model.net, methods=methods)
+    seconds = time.perf_counter() - start
     maps = len(result.scores["deletion_auc"]) - 2  # less the random and centre baselines
-    print(f"Scored {maps} maps on {len(x)} images in {time.perf_counter() - start:.0f} s "
+    print(f"Scored {maps} maps on {len(x)} images in {seconds:.0f} s "
           f"({torch.get_num_threads()} threads).", file=sys.stderr)
     rows, ranked = summary_rows(result), leaderboard_rows(result)
     leaderboard = leaderboard_table(ranked)
@@ -272,9 +290,28 @@ def write_faithfulness(
             writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
             writer.writeheader()
             writer.writerows(csv_rows)
+    summary = {
+        "images": len(x),
+        "images_sha256": (hashlib.sha256("\n".join(image_names).encode()).hexdigest()
+                          if image_names is not None else None),
+        "layers": list(layers),
+        "methods": list(methods),
+        "seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        # JSON has no NaN: a score a method could not get is null. Four digits outlast any interval here.
+        "leaderboard": [{key: _json_number(value) for key, value in row.items()} for row in ranked],
+    }
+    written.append(out / "faithfulness.json")
+    written[-1].write_text(json.dumps(summary, separators=(",", ":")) + "\n")
     figure = out / "faithfulness_curves.png"
     Image.fromarray(figure_to_image(faithfulness_curves_figure(result.curves))).save(figure)
     return [*written, figure]
+
+
+def _json_number(value: object) -> object:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
+    return value
 
 
 def write_mistakes(
@@ -326,7 +363,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods", nargs="+", metavar="METHOD",
         help=f"methods to draw and score beside Grad-CAM (default: all for --faithfulness; of {', '.join(METHODS)})",
     )
+    parser.add_argument(
+        "--per-class", type=int, metavar="N",
+        help="only the first N images (by name) of each class folder of --images: a fixed, balanced sample, "
+        "e.g. --images ../shared/cifar10-jpg/test --per-class 10 for the same 100 test images every time",
+    )
+    parser.add_argument(
+        "--pictures", action=argparse.BooleanOptionalAction, default=True,
+        help="write the Grad-CAM and feature-map pictures (--no-pictures: only --faithfulness / --mistakes)",
+    )
     args = parser.parse_args(argv)
+    if args.per_class is not None and args.per_class < 1:
+        parser.error(f"--per-class must be at least 1, got {args.per_class}.")
     if not args.ckpt.is_file():
         parser.error(
             f"--ckpt {args.ckpt} is not a file.\nHINT: checkpoints are in lightning_logs/<config>/version_N/checkpoints/."
@@ -336,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = explain(
             args.ckpt, args.out, args.images, args.layers, args.model_class, args.device, args.trust_checkpoint,
-            args.mistakes, args.faithfulness, args.methods,
+            args.mistakes, args.faithfulness, args.methods, args.per_class, args.pictures,
         )
     except ValueError as error:  # ExplainError, or an unknown layer (resolve_layers lists the valid ones)
         parser.error(str(error))

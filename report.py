@@ -2,6 +2,7 @@
 
     python report.py results --markdown-only             # the README's results block, from the records
     python report.py results --details-only              # docs/results.md's tables, from the records
+    python report.py results --attention-only            # the README's "Does attention help?" table
     python report.py lightning_logs --record-to results  # a record (results/<config>/<run>.json) per tested run
     python report.py results --update README.md docs/results.md  # rewrite their generated blocks
     python report.py lightning_logs                      # writes lightning_logs/report/
@@ -19,7 +20,9 @@ records, every shipped config has a row, and one without a record says why
 per seed). The wide one (``wide_table``), for ``docs/results.md``: beside the best validation
 accuracy, parameters, seconds per epoch, the wall time and epochs each config needed to first
 reach given validation accuracies, inference images per second, and the source's number
-(``SPEC_RESULTS``), which is a test accuracy.
+(``SPEC_RESULTS``), which is a test accuracy. A third, for the README's "Does attention help?"
+(``reporting.attention``): each attention kind on cnn_fast's recipe against none, with its
+paired interval, its quiet cost and its most faithful explanation.
 
 The published tables are built from the records under ``results/`` (``reporting.records``): a
 few KB per run, in the repository, each with the predictions that the paired comparisons need. A
@@ -47,13 +50,14 @@ from typing import Any
 
 from callbacks.run_record import RUN_RECORD_FILE
 from reporting import records
+from reporting.attention import attention_lines
 from reporting.comparisons import Comparison, compare_configs, default_pairs
 from reporting.runs import DEFAULT_THRESHOLDS, REPORT_RUN, ReportError, Run, find_runs, group_runs
 from reporting.tables import environment_lines, per_class_table, results_table, comparison_table, summarize, wide_table
 from reporting.statistics import RESAMPLES
 from visualization.report_figures import Curve, accuracy_curves
 
-__all__ = ["details_markdown", "main", "results_markdown", "write_report"]
+__all__ = ["attention_markdown", "details_markdown", "main", "results_markdown", "write_report"]
 
 
 # ---- writing it ------------------------------------------------------------------------------
@@ -215,6 +219,19 @@ def details_markdown(logdir: Path | str, thresholds: Sequence[float] = DEFAULT_T
     return "\n".join(_details_lines(group_runs(runs), runs, skipped, thresholds)) + "\n"
 
 
+def attention_markdown(logdir: Path | str, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                       resamples: int = RESAMPLES, seed: int = 0) -> str:
+    """The README's "Does attention help?" table and its notes (``--attention-only``); writes nothing.
+
+    Raises:
+        ReportError: as ``write_report``.
+    """
+    source = Path(logdir)
+    runs, _ = _reportable_runs(source, thresholds)
+    costs_dir = source if records.is_results_dir(source) else None
+    return "\n".join(attention_lines(group_runs(runs), costs_dir, resamples, seed)) + "\n"
+
+
 def write_report(
     logdir: Path | str,
     out: Path | str | None = None,
@@ -255,6 +272,10 @@ def write_report(
         "",
         *_readme_lines(groups, comparisons, notes, resamples, seed),
         "",
+        "## Does attention help?",
+        "",
+        *attention_lines(groups, logdir if records.is_results_dir(logdir) else None, resamples, seed),
+        "",
         "## Every column",
         "",
         *_details_lines(groups, runs, skipped, thresholds),
@@ -294,7 +315,7 @@ END_MARKER = "<!-- end of report.py's output -->"
 def update_blocks(path: Path, source: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> int:
     """Rewrite each generated block of ``path`` from ``source``; returns how many were rewritten.
 
-    A block is ``<!-- python report.py SOURCE --markdown-only -->`` (or ``--details-only``), a blank
+    A block is ``<!-- python report.py SOURCE --markdown-only -->`` (``--details-only``, ``--attention-only``), a blank
     line, the output, then ``<!-- end of report.py's output -->``: the README and docs/results.md
     hold them, and a test checks they match the records.
 
@@ -304,7 +325,8 @@ def update_blocks(path: Path, source: Path, thresholds: Sequence[float] = DEFAUL
     text = path.read_text()
     rewritten = 0
     for flag, build in (("--markdown-only", lambda: results_markdown(source, thresholds)),
-                        ("--details-only", lambda: details_markdown(source, thresholds))):
+                        ("--details-only", lambda: details_markdown(source, thresholds)),
+                        ("--attention-only", lambda: attention_markdown(source, thresholds))):
         start = f"<!-- python report.py {source} {flag} -->\n\n"
         if start not in text:
             continue
@@ -333,6 +355,11 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         "--markdown-only", action="store_true",
         help="print only the README's results (test accuracy with intervals, paired comparisons, costs) "
              "and where the runs ran; write no files",
+    )
+    printed.add_argument(
+        "--attention-only", action="store_true",
+        help="print only the README's \"Does attention help?\" table (each kind on cnn_fast's recipe against "
+             "none: paired interval, quiet cost, most faithful map); write no files",
     )
     printed.add_argument(
         "--details-only", action="store_true",
@@ -372,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
                 print(f"recorded {path}")
             for line in skipped:
                 print(f"not recorded: {line}", file=sys.stderr)
+            return None
+        if args.attention_only:
+            print(attention_markdown(args.logdir, args.thresholds, args.resamples, args.bootstrap_seed), end="")
             return None
         if args.details_only:
             print(details_markdown(args.logdir, args.thresholds), end="")

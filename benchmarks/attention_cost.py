@@ -2,6 +2,7 @@
 
     python -m benchmarks.attention_cost                       # every registered kind on the CNN and the ResNet18, bf16
     python -m benchmarks.attention_cost --families cnn --kinds se eca --precision 32-true --rounds 5
+    python -m benchmarks.attention_cost --families cnn --record results/attention_cost.json  # the README's costs
 
 The accuracy side of the question is `report.py`'s (test accuracy and paired
 comparisons over published runs); this is the price side, measured side by
@@ -15,12 +16,18 @@ nothing else on the machine, as the figures the README quotes.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from benchmarks.common import base_parser, images_per_second, machine_line, print_table
 from benchmarks.training_throughput import _autocast, bare_step_seconds
+from callbacks import run_record
 from lightning_modules import CNNClassifier, ResNet18Classifier
 from lightning_modules.attention import ATTENTION, NONE
 
@@ -44,8 +51,8 @@ def inference_images_per_second(cls, precision: str, batch_size: int, steps: int
 
 def measure(
     families: list[str], kinds: list[str], precision: str, rounds: int, steps: int, warmup: int
-) -> list[list[object]]:
-    """One row per family and kind, ``none`` first: parameters, train and inference images/s and their ratios."""
+) -> list[dict[str, object]]:
+    """One row per family and kind, ``none`` first: parameters, and train and inference images/s (best round)."""
     kinds = [NONE, *(kind for kind in kinds if kind != NONE)]
     best: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
@@ -57,17 +64,45 @@ def measure(
                 infer = inference_images_per_second(build, precision, batch_size, steps, warmup)
                 previous = best.get((family, kind), [0.0, 0.0])
                 best[(family, kind)] = [max(previous[0], train), max(previous[1], infer)]
+    return [{"network": family, "attention": kind, "batch": FAMILIES[family][1],
+             "parameters": _parameters(FAMILIES[family][0], kind),
+             "train_images_per_second": best[(family, kind)][0],
+             "inference_images_per_second": best[(family, kind)][1]}
+            for family in families for kind in kinds]
+
+
+def table_rows(measured: list[dict[str, object]]) -> list[list[object]]:
+    """``measure``'s rows for the printed table, each with its ratios to its own network without attention."""
+    base = {row["network"]: row for row in measured if row["attention"] == NONE}
     rows = []
-    for family in families:
-        base, batch_size = FAMILIES[family]
-        base_params = _parameters(base, NONE)
-        base_train, base_infer = best[(family, NONE)]
-        for kind in kinds:
-            params = _parameters(base, kind)
-            train, infer = best[(family, kind)]
-            rows.append([family, kind, batch_size, f"{params:,}", f"{100 * (params / base_params - 1):+.2f} %",
-                         f"{train:,.0f}", f"{train / base_train:.2f}x", f"{infer:,.0f}", f"{infer / base_infer:.2f}x"])
+    for row in measured:
+        none = base[row["network"]]
+        train, infer = row["train_images_per_second"], row["inference_images_per_second"]
+        rows.append([row["network"], row["attention"], row["batch"], f"{row['parameters']:,}",
+                     f"{100 * (row['parameters'] / none['parameters'] - 1):+.2f} %",
+                     f"{train:,.0f}", f"{train / none['train_images_per_second']:.2f}x",
+                     f"{infer:,.0f}", f"{infer / none['inference_images_per_second']:.2f}x"])
     return rows
+
+
+def write_record(path: Path, measured: list[dict[str, object]], precision: str, rounds: int, steps: int) -> None:
+    """The figures as JSON for ``report.py``'s attention table (``results/attention_cost.json``): with the
+    machine, versions, commit and load, so that the table says where and how quietly they were measured."""
+    record = {
+        "command": "python -m benchmarks.attention_cost " + " ".join(sys.argv[1:]),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": run_record.git_commit(),
+        "machine": run_record.hardware(torch.device("cpu")),
+        "versions": run_record.versions(),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "steps": steps,
+        "load_average": os.getloadavg()[0],
+        "rows": measured,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _parameters(base, kind: str) -> int:
@@ -81,14 +116,19 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS, help="none is always measured")
     parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32-true"])
     parser.add_argument("--rounds", type=int, default=3, help="each figure is the best of these rounds")
+    parser.add_argument("--record", type=Path, metavar="JSON",
+                        help="also write the figures there, e.g. results/attention_cost.json for the README's table")
     args = parser.parse_args()
     print(machine_line())
-    rows = measure(args.families, args.kinds, args.precision, args.rounds, args.steps, args.warmup)
+    measured = measure(args.families, args.kinds, args.precision, args.rounds, args.steps, args.warmup)
     print_table(f"attention's cost, {args.precision}, channels_last, {torch.get_num_threads()} threads, "
                 f"best of {args.rounds} rounds",
                 ["network", "attention", "batch", "parameters", "vs none", "train img/s", "vs none",
                  "inference img/s", "vs none"],
-                rows)
+                table_rows(measured))
+    if args.record is not None:
+        write_record(args.record, measured, args.precision, args.rounds, args.steps)
+        print(f"Wrote {args.record}")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class RunRecorder(L.Callback):
             "hardware": hardware(pl_module.device),
             "versions": versions(),
             "resumed_from": trainer.ckpt_path,
-            "commit": _commit(),
+            "commit": git_commit(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "finished_at": None,
         }
@@ -268,7 +268,7 @@ class RunRecorder(L.Callback):
             yield ModelView.of_datamodule(datamodule, images.shape[-2] * images.shape[-1])(images)
 
 
-def _commit() -> str | None:
+def git_commit() -> str | None:
     """The project's git commit, ``+dirty`` with uncommitted changes; ``None`` outside a checkout."""
     root = Path(__file__).resolve().parent.parent
     try:

@@ -207,7 +207,9 @@ def _write_cache(cache: Path, images: ImageSet) -> None:
         warnings.warn(f"Could not write the image cache {cache} ({error}); the next run decodes again.", stacklevel=3)
 
 
-def read_loose_images(folder: Path, shape: tuple[int, int, int], classes: list[str] | None = None) -> ImageSet:
+def read_loose_images(
+    folder: Path, shape: tuple[int, int, int], classes: list[str] | None = None, per_folder: int | None = None
+) -> ImageSet:
     """Every PNG/JPEG under ``folder`` (any depth, any size), resized to ``shape``, for a trained model.
 
     For images a user brings (``predict --data.predict_dir``, ``explain.py
@@ -222,6 +224,8 @@ def read_loose_images(folder: Path, shape: tuple[int, int, int], classes: list[s
         folder: The folder to read.
         shape: ``(channels, height, width)`` the model takes; 1 channel reads greyscale.
         classes: Class names, to label files in class-named sub-folders.
+        per_folder: Keep only the first this many files (by name) of each folder: a fixed, balanced
+            sample of a large labelled split, e.g. 10 a class of the test split.
 
     Returns:
         An ``ImageSet``; ``paths`` are relative to ``folder``, in sorted order.
@@ -234,6 +238,13 @@ def read_loose_images(folder: Path, shape: tuple[int, int, int], classes: list[s
     if not folder.is_dir():
         raise DataError(f"'{folder}' is not a folder.\nHINT: give a folder of .png/.jpg images.")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if per_folder is not None:
+        if per_folder < 1:
+            raise DataError(f"per_folder must be at least 1, got {per_folder}.")
+        by_folder: dict[Path, list[Path]] = {}
+        for path in files:
+            by_folder.setdefault(path.parent, []).append(path)
+        files = sorted(path for paths in by_folder.values() for path in paths[:per_folder])
     if not files:
         raise DataError(f"No .png or .jpg images under '{folder}'.\nHINT: give a folder of .png/.jpg images.")
     relative = [(path, path.relative_to(folder).as_posix()) for path in files]

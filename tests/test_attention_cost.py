@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from benchmarks import attention_cost
 from lightning_modules import CNNClassifier, ResNet18Classifier
 from lightning_modules.attention import ATTENTION
@@ -21,7 +23,8 @@ def test_each_row_is_priced_against_its_networks_none(monkeypatch):
     monkeypatch.setattr(attention_cost, "bare_step_seconds", train)
     monkeypatch.setattr(attention_cost, "inference_images_per_second",
                         lambda build, *args: 3 * speeds[(build.func, build.keywords["attention"])])
-    rows = {tuple(row[:2]): row for row in attention_cost.measure(["cnn", "resnet18"], ["se"], "32-true", 2, 1, 0)}
+    measured = attention_cost.measure(["cnn", "resnet18"], ["se"], "32-true", 2, 1, 0)
+    rows = {tuple(row[:2]): row for row in attention_cost.table_rows(measured)}
     assert list(rows) == [("cnn", "none"), ("cnn", "se"), ("resnet18", "none"), ("resnet18", "se")]  # none added
     assert rows[("cnn", "none")][5:7] == ["800", "1.00x"]  # its best round
     assert rows[("cnn", "se")][5:7] == ["300", "0.38x"]  # 300 / 800
@@ -32,3 +35,16 @@ def test_each_row_is_priced_against_its_networks_none(monkeypatch):
 
 def test_every_registered_kind_is_offered():
     assert attention_cost.KINDS == ["none", *ATTENTION]
+
+
+def test_the_record_holds_the_raw_figures_and_where_they_were_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(attention_cost, "bare_step_seconds", lambda build, *args: (100.0, 0.0))
+    monkeypatch.setattr(attention_cost, "inference_images_per_second", lambda build, *args: 500.0)
+    measured = attention_cost.measure(["cnn"], ["eca"], "32-true", 1, 1, 0)
+    path = tmp_path / "results" / "attention_cost.json"
+    attention_cost.write_record(path, measured, "32-true", 1, 1)
+    record = json.loads(path.read_text())
+    assert [(row["attention"], row["train_images_per_second"]) for row in record["rows"]] == [
+        ("none", 100.0), ("eca", 100.0)]
+    assert record["rows"][1]["parameters"] == sum(p.numel() for p in CNNClassifier(attention="eca").parameters())
+    assert record["precision"] == "32-true" and record["machine"]["cpu_cores"] >= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -462,6 +464,22 @@ def test_explain_writes_the_faithfulness_table_and_refuses_one_image(scored, tmp
         in_table = [float(rows["gradcam_conv3"][f"{metric}{end}"]) for end in ("", "_low", "_high")]
         assert in_table == pytest.approx([float(values.mean()), low, high], rel=1e-5), metric
     assert "| gradcam_conv3 |" in (out / "faithfulness.md").read_text()
+    # faithfulness.json, what a published run keeps: the leaderboard in its order, and which images it scored.
+    kept = json.loads((out / "faithfulness.json").read_text())
+    assert [(row["method"], row["layer"] or "") for row in kept["leaderboard"]] == ranked
+    assert kept["images"] == 4 and kept["images_sha256"] == hashlib.sha256(
+        "\n".join(f.relative_to(images).as_posix() for f in files).encode()).hexdigest()
+
+    # --per-class 1: the first image (by name) of each class folder; --no-pictures: the scores alone.
+    assert explain.main([
+        "--ckpt", str(ckpt), "--images", str(images), "--per-class", "1", "--no-pictures", "--out",
+        str(tmp_path / "sample"), "--layers", "conv3", "--model-class", "lightning_modules.CNNClassifier",
+        "--faithfulness", "--methods", "layercam",
+    ]) == 0
+    sample = json.loads((tmp_path / "sample" / "faithfulness.json").read_text())
+    assert sample["images"] == 3 and sample["images_sha256"] == hashlib.sha256(
+        b"bird/0.png\ncat/1.png\nship/2.png").hexdigest()
+    assert sorted(path.name for path in (tmp_path / "sample").glob("*.png")) == ["faithfulness_curves.png"]
 
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)

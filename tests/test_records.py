@@ -143,6 +143,8 @@ def test_the_readme_and_docs_publish_the_records_as_report_py_prints_them():
     assert readme == report.results_markdown(REPO / "results")
     details = _block((REPO / "docs" / "results.md").read_text(), "python report.py results --details-only")
     assert details == report.details_markdown(REPO / "results")
+    attention = _block((REPO / "README.md").read_text(), "python report.py results --attention-only")
+    assert attention == report.attention_markdown(REPO / "results")
 
 
 def test_every_shipped_config_has_a_row_and_one_without_a_run_says_why(recorded, tmp_path):
