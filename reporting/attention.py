@@ -148,7 +148,8 @@ def attention_lines(groups: dict[str, list[Run]], results_dir: Path | None, resa
     if cost is not None:
         load = cost.get("load_average")
         lines += ["", f"Speeds: `{cost['command']}` on {cost['machine'].get('cpu', '?')} "
-                  f"({cost['threads']} threads, {cost['precision']}, load {load:.1f} at the end), "
+                  f"({cost['threads']} threads, {cost['precision']}; 1-minute load {load:.1f} at the end, its own threads "
+                  "included), "
                   f"{cost['measured_at'][:10]}, commit {str(cost.get('commit'))[:7]}: the bare training step and "
                   "eval-mode inference on random images, best of its rounds, each kind beside none in one process."]
     else:
