@@ -4,8 +4,8 @@
 # checkpoint is also scored by explain.py --faithfulness on the same 100 test images (the first 10 of
 # each class), and the leaderboard kept as results/<name>/faithfulness/seed0.json (about 5 minutes).
 # A finished run is skipped and an interrupted one resumes, so run it again until it prints nothing new.
-# About 10-25 minutes a run on one thread of a 2-core CPU (coord and ge are the slowest); run two at
-# once, one per core:
+# On one thread of the 2-core Xeon a run takes from about 15 minutes (none) to over an hour (ge: 0.20x
+# none's training speed, results/attention_cost.json); run two at once, one per core:
 #   scripts/attention_runs.sh 0 & scripts/attention_runs.sh 1 & wait; scripts/attention_runs.sh 2
 # Then: python report.py results --update README.md docs/results.md
 # Environment: DATA, LOGS and OMP_NUM_THREADS as scripts/publish_run.sh.
@@ -16,7 +16,8 @@ data=${DATA:-../shared/cifar10-jpg}
 logs=${LOGS:-lightning_logs}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for seed in ${seeds[@]}; do
-    for kind in none se cbam eca gc ge coord; do
+    # The cheapest first (benchmarks/attention_cost.py), so that an interrupted queue has answered the most kinds.
+    for kind in none eca gc se coord cbam ge; do
         name=cnn_fast; [ "$kind" = none ] || name="cnn_fast_$kind"
         if [ ! -f "results/$name/seed$seed.json" ]; then
             bash scripts/publish_run.sh "$name" cnn_fast --model.attention "$kind" --seed_everything "$seed" \
