@@ -134,7 +134,9 @@ COMPARISON_NOTE = (
     "Student-t draw (reporting.statistics.paired_bootstrap); the row says what its interval holds. "
     "p: twice the smaller share of replicates on either side of zero. "
     "McNemar per seed both configs ran: images only the first got right vs only the second, and the exact "
-    "two-sided p-value. Parameters: the first config's against the second's; what each costs in time is "
+    "two-sided p-value. Epochs: each side's training length; where they differ (the source's cnn_se.yaml "
+    "trains 50, cnn.yaml 20), the difference is not the attention block's alone. "
+    "Parameters: the first config's against the second's; what each costs in time is "
     "measured quietly, side by side, in docs/performance.md."
 )
 

@@ -222,7 +222,7 @@ def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None =
         rows.append([
             f"`{runs[0].recipe or config}`",
             f"{runs[0].parameters:,}",
-            ", ".join(str(epochs) for epochs in sorted({run.epochs_trained for run in runs})),
+            _epochs_cell(runs),
             _test_accuracy_cell(runs),
             _mean_or_dash([run.training_seconds for run in runs], _duration),
             _conditions_cell(runs),
@@ -254,14 +254,18 @@ def _interval_scope(comparison: Comparison) -> str:
     return "test images and seeds"
 
 
+def _epochs_cell(runs: Sequence[Run]) -> str:
+    return ", ".join(str(epochs) for epochs in sorted({run.epochs_trained for run in runs}))
+
+
 def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Comparison]) -> str:
     """One row per pair: the accuracy difference with its interval and p-values, and both configs' parameters.
 
     Speeds are left out: the runs' own seconds were measured beside other work; the quiet, side-by-side
     costs are benchmarks/attention_cost.py's (docs/performance.md).
     """
-    header = ["comparison", "test acc difference (points) [95 % interval]", "p", "runs", "the interval holds",
-              "McNemar per seed", "parameters"]
+    header = ["comparison", "test acc difference (points) [95 % interval]", "p", "runs", "epochs",
+              "the interval holds", "McNemar per seed", "parameters"]
     rows = []
     for c in comparisons:
         boot = c.bootstrap
@@ -272,6 +276,9 @@ def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Compari
             f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]",
             _p_value(boot.p_value, boot.resamples),
             f"{len(c.seeds[0])} vs {len(c.seeds[1])} on {boot.images:,} images",
+            # The source's recipes differ in length (cnn_se.yaml 50 epochs, cnn.yaml 20): a difference
+            # at unequal budget is not the attention block's alone, and the row must show it.
+            " vs ".join(_epochs_cell(runs) for runs in (first, second)),
             _interval_scope(c),
             "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in c.mcnemar) or "no seed in common",
             _ratio_cell(*parameters, lambda v: f"{v:,.0f}"),

@@ -484,6 +484,7 @@ def test_paired_comparison_reads_the_runs_predictions(attention_logs):
         f"+16.67 [{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]")
     assert row["p"] == f"{expected.p_value:.2g}"
     assert row["runs"] == "2 vs 2 on 12 images"
+    assert row["epochs"] == "2 vs 2"  # each run's epochs trained: an unequal budget shows
     assert row["the interval holds"] == "test images and seeds"
     # Exact McNemar by hand: 5 vs 1 discordant images gives 2 * (1 + 6) / 64; 3 vs 3 gives 1 (capped).
     assert row["McNemar per seed"] == "seed 0: 5 vs 1, p = 0.22; seed 1: 3 vs 3, p = 1"
