@@ -33,6 +33,7 @@ import yaml
 
 from callbacks.predictions import PREDICTIONS_FILE
 from callbacks.run_record import RUN_RECORD_FILE
+from lightning_modules.attention import NONE
 from reporting.runs import DEFAULT_THRESHOLDS, ReportError, Run, TestPredictions, read_run
 
 __all__ = ["RECORD_FORMAT", "find_records", "is_results_dir", "missing_configs", "read_record", "record_of",
@@ -88,6 +89,10 @@ def _shipped_config(config_file: Path) -> dict[str, Any]:
     return yaml.safe_load(done.stdout)
 
 
+# Settings with two spellings of one value: ``--model.attention none`` builds what the default ``null`` builds.
+SAME_VALUE = {"model.init_args.attention": lambda value: NONE if value is None else value}
+
+
 def overrides(run_config: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
     """The run's settings that differ from the shipped config's, as command-line keys.
 
@@ -99,7 +104,8 @@ def overrides(run_config: dict[str, Any], shipped: dict[str, Any]) -> dict[str, 
     for key in sorted(ran):
         if key in MACHINE_KEYS or key.startswith("ckpt_path") or key == "config":
             continue
-        if ran[key] != base.get(key):
+        same = SAME_VALUE.get(key, lambda value: value)
+        if same(ran[key]) != same(base.get(key)):
             changed[_cli_key(key)] = ran[key]
     data_dir = changed.get("data.data_dir")
     if isinstance(data_dir, str) and Path(data_dir).is_absolute():

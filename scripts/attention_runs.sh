@@ -18,9 +18,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for seed in ${seeds[@]}; do
     # The cheapest first (benchmarks/attention_cost.py), so that an interrupted queue has answered the most kinds.
     for kind in none eca gc se coord cbam ge; do
-        name=cnn_fast; [ "$kind" = none ] || name="cnn_fast_$kind"
+        name=cnn_fast; block=(); [ "$kind" = none ] || { name="cnn_fast_$kind"; block=(--model.attention "$kind"); }
         if [ ! -f "results/$name/seed$seed.json" ]; then
-            bash scripts/publish_run.sh "$name" cnn_fast --model.attention "$kind" --seed_everything "$seed" \
+            bash scripts/publish_run.sh "$name" cnn_fast "${block[@]}" --seed_everything "$seed" \
                 --trainer.logger.init_args.version "seed$seed"
         fi
         leaderboard="results/$name/faithfulness/seed$seed.json"

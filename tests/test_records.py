@@ -211,3 +211,10 @@ def test_update_rewrites_only_the_generated_block(recorded, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(results), "--update", str(tmp_path / "other.md")])
     assert exit_info.value.code == 2
+
+
+def test_attention_none_is_the_default_spelled_out_not_an_override():
+    shipped = {"model": {"init_args": {"attention": None, "rd_ratio": 16}}}
+    assert records.overrides({"model": {"init_args": {"attention": "none", "rd_ratio": 16}}}, shipped) == {}
+    assert records.overrides({"model": {"init_args": {"attention": "eca", "rd_ratio": 8}}}, shipped) == {
+        "model.attention": "eca", "model.rd_ratio": 8}
