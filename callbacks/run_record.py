@@ -268,13 +268,16 @@ class RunRecorder(L.Callback):
             yield ModelView.of_datamodule(datamodule, images.shape[-2] * images.shape[-1])(images)
 
 
-def git_commit() -> str | None:
-    """The project's git commit, ``+dirty`` with uncommitted changes; ``None`` outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
+    """The project's git commit, ``+dirty`` with uncommitted changes; ``None`` outside a checkout.
+
+    Changes under ``results/`` do not count: they are published runs (``report.py --record-to``
+    rewrites them while others train), not the code a run trains with.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:

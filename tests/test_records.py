@@ -218,3 +218,20 @@ def test_attention_none_is_the_default_spelled_out_not_an_override():
     assert records.overrides({"model": {"init_args": {"attention": "none", "rd_ratio": 16}}}, shipped) == {}
     assert records.overrides({"model": {"init_args": {"attention": "eca", "rd_ratio": 8}}}, shipped) == {
         "model.attention": "eca", "model.rd_ratio": 8}
+
+
+def test_a_changed_record_does_not_make_the_code_dirty(tmp_path):
+    """Runs train while report.py --record-to rewrites results/: only a change to the code marks a commit +dirty."""
+    from callbacks.run_record import git_commit
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text("{}")
+    (tmp_path / "model.py").write_text("x = 1\n")
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "first"]):
+        subprocess.run([*git, *command], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "results" / "run.json").write_text('{"rewritten": true}')
+    assert git_commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{head}+dirty"
