@@ -160,8 +160,10 @@ def record_of(run_dir: Path, commit: str | None = None) -> dict[str, Any]:
         raise ReportError("tested before its fit last finished (resumed since?): test it again")
     if predictions_csv.stat().st_mtime < finished:
         raise ReportError(f"{PREDICTIONS_FILE} predates its fit's last finish (resumed since?): predict it again")
-    # The recipe: the shipped config the run was given (--config), else the one named like the run.
-    shipped = [Path(path) for path in started.get("config_files") or [] if Path(path).parent == CONFIGS]
+    # The recipe: the shipped config the run was given (--config), else the one named like the run. A run
+    # trained in another checkout (a clone on a GPU machine, a worktree) names that checkout's configs/.
+    shipped = [CONFIGS / Path(path).name for path in started.get("config_files") or []
+               if Path(path).parent.name == CONFIGS.name and (CONFIGS / Path(path).name).is_file()]
     config_file = shipped[0] if shipped else CONFIGS / f"{started.get('config_name') or run.config}.yaml"
     run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     if config_file.is_file() and run_config:

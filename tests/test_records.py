@@ -235,3 +235,21 @@ def test_a_changed_record_does_not_make_the_code_dirty(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "model.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == f"{head}+dirty"
+
+
+def test_a_run_from_another_checkout_is_recorded_against_the_shipped_config(tmp_path):
+    """A run trained in a clone elsewhere (a GPU machine, a worktree) names that clone's configs/cnn_fast.yaml."""
+    import yaml
+
+    folder = _fake_run(tmp_path / "logs", "cnn_fast_eca", "seed0", 0, test_acc=0.5, right=_bits("1100"))
+    resolved = records._shipped_config(records.CONFIGS / "cnn_fast.yaml")
+    ran = {**resolved, "model": {**resolved["model"], "init_args": {**resolved["model"]["init_args"],
+                                                                     "attention": "eca"}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(ran))
+    started = json.loads((folder / "run.json").read_text())
+    started["config_files"] = ["/elsewhere/clone/configs/cnn_fast.yaml"]
+    (folder / "run.json").write_text(json.dumps(started))
+    record = records.record_of(folder)
+    assert record["config_file"] == "configs/cnn_fast.yaml"
+    assert record["overrides"] == {"model.attention": "eca"}
+    assert records.recipe_of(record) == "cnn_fast.yaml --model.attention eca"
