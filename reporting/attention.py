@@ -22,7 +22,8 @@ from typing import Any
 from lightning_modules.attention import ATTENTION, NONE
 from reporting.comparisons import Comparison, compare_configs
 from reporting.runs import Run
-from reporting.statistics import RESAMPLES, t_interval
+from reporting.statistics import RESAMPLES
+from reporting.tables import difference_cell, mcnemar_cell, test_accuracy_cell
 from visualization import tables
 
 __all__ = ["BASE_RUN", "COST_FILE", "FAITHFULNESS_DIR", "attention_lines", "attention_pairs", "run_name"]
@@ -101,16 +102,6 @@ def _parameters_cell(runs: Sequence[Run], base: Sequence[Run]) -> str:
     return f"{parameters:,}" if runs is base else f"{parameters:,} ({100 * (parameters / none - 1):+.2f} %)"
 
 
-def _accuracy_cell(runs: Sequence[Run]) -> str:
-    tested = [run.test_acc for run in runs if run.test_acc is not None]
-    if not tested:
-        return "-"
-    mean, half = t_interval(tested)
-    if half is None:
-        return f"{100 * mean:.2f} (1 seed)"
-    return f"{100 * mean:.2f} [{100 * (mean - half):.2f}, {100 * (mean + half):.2f}] ({len(tested)} seeds)"
-
-
 def attention_lines(groups: dict[str, list[Run]], results_dir: Path | None, resamples: int = RESAMPLES,
                     seed: int = 0) -> list[str]:
     """The table (one row per kind with runs, none first) and the lines that say how it was measured.
@@ -135,11 +126,9 @@ def attention_lines(groups: dict[str, list[Run]], results_dir: Path | None, resa
         comparison = by_first.get(name)
         difference = verdict = mcnemar = "-"
         if comparison is not None:
-            boot = comparison.bootstrap
-            difference = f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]"
-            verdict = _verdict(comparison)
-            mcnemar = "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in comparison.mcnemar) or "-"
-        rows.append([f"`{kind}`", _parameters_cell(groups[name], groups[BASE_RUN]), _accuracy_cell(groups[name]),
+            difference, verdict = difference_cell(comparison), _verdict(comparison)
+            mcnemar = mcnemar_cell(comparison) or "-"
+        rows.append([f"`{kind}`", _parameters_cell(groups[name], groups[BASE_RUN]), test_accuracy_cell(groups[name]),
                      difference, verdict, mcnemar,
                      _speed_cell(cost_rows, kind, "train_images_per_second"),
                      _speed_cell(cost_rows, kind, "inference_images_per_second"),

@@ -166,7 +166,7 @@ def environment_lines(runs: Sequence[Run]) -> list[str]:
 # ---- the README's table: test accuracy, intervals, paired comparisons -----------------------
 
 
-def _test_accuracy_cell(runs: Sequence[Run]) -> str:
+def test_accuracy_cell(runs: Sequence[Run]) -> str:
     """Mean test accuracy [its 95 % t-interval over seeds] and the number of seeds; one seed: no interval."""
     tested = [run.test_acc for run in runs if run.test_acc is not None]
     if not tested:
@@ -223,7 +223,7 @@ def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None =
             f"`{runs[0].recipe or config}`",
             f"{runs[0].parameters:,}",
             _epochs_cell(runs),
-            _test_accuracy_cell(runs),
+            test_accuracy_cell(runs),
             _mean_or_dash([run.training_seconds for run in runs], _duration),
             _conditions_cell(runs),
             spec_cell(config),
@@ -258,6 +258,17 @@ def _epochs_cell(runs: Sequence[Run]) -> str:
     return ", ".join(str(epochs) for epochs in sorted({run.epochs_trained for run in runs}))
 
 
+def difference_cell(comparison: Comparison) -> str:
+    """The paired difference in points and its interval: ``+1.05 [+0.48, +1.63]``."""
+    boot = comparison.bootstrap
+    return f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]"
+
+
+def mcnemar_cell(comparison: Comparison) -> str:
+    """McNemar per shared seed: ``seed 0: 495 vs 390, p = 0.00047; ...``; empty with no seed in common."""
+    return "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in comparison.mcnemar)
+
+
 def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Comparison]) -> str:
     """One row per pair: the accuracy difference with its interval and p-values, and both configs' parameters.
 
@@ -273,14 +284,14 @@ def comparison_table(groups: dict[str, list[Run]], comparisons: Sequence[Compari
         parameters = [_mean_present([run.parameters for run in runs]) for runs in (first, second)]
         rows.append([
             f"{c.first} − {c.second}",
-            f"{100 * boot.difference:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]",
+            difference_cell(c),
             _p_value(boot.p_value, boot.resamples),
             f"{len(c.seeds[0])} vs {len(c.seeds[1])} on {boot.images:,} images",
             # The source's recipes differ in length (cnn_se.yaml 50 epochs, cnn.yaml 20): a difference
             # at unequal budget is not the attention block's alone, and the row must show it.
             " vs ".join(_epochs_cell(runs) for runs in (first, second)),
             _interval_scope(c),
-            "; ".join(f"seed {s}: {a} vs {b}, p = {p:.2g}" for s, a, b, p in c.mcnemar) or "no seed in common",
+            mcnemar_cell(c) or "no seed in common",
             _ratio_cell(*parameters, lambda v: f"{v:,.0f}"),
         ])
     return tables.markdown_table(header, rows)
