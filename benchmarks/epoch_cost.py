@@ -55,8 +55,9 @@ def training_images_per_second(config: str, data: Path, steps: int, warmup: int,
 
 
 def inference_images_per_second(config: str, data: Path, batches: int,
-                                overrides: list[str] = ()) -> tuple[float, int, int]:
-    """Validation speed in inference mode, and the sizes of the training and validation splits."""
+                                overrides: list[str] = ()) -> tuple[float, int, int, int, str]:
+    """Validation speed in inference mode, the sizes of the training and validation splits, and the
+    recipe's epochs and precision (read from the same build, so none is built again to ask)."""
     built = _built(config, data, 1, overrides)
     model, datamodule = built.model, built.datamodule
     datamodule.setup("fit")
@@ -76,7 +77,8 @@ def inference_images_per_second(config: str, data: Path, batches: int,
             model(batch)
             seen += len(batch)
         seconds = time.perf_counter() - start
-    return seen / seconds, len(datamodule.train_set), len(datamodule.val_set)
+    return (seen / seconds, len(datamodule.train_set), len(datamodule.val_set), int(built.trainer.max_epochs),
+            built.trainer.precision)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
@@ -104,8 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
             infer[config] = max(infer.get(config, 0.0), speed)
     rows, results = [], []
     for config in args.configs:
-        epochs = int(_built(config, args.data, 1, overrides).trainer.max_epochs)
-        train_images, val_images = sizes[config]
+        train_images, val_images, epochs, _ = sizes[config]
         epoch_seconds = train_images / train[config] + val_images / infer[config]
         total_hours = epochs * epoch_seconds / 3600
         results.append({"config": config, "train_images_per_second": train[config],
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         rows.append([config, f"{train[config]:.1f}", f"{infer[config]:.1f}", f"{epoch_seconds:.0f}", epochs,
                      f"{total_hours:.2f}", f"{total_hours / args.budget_hours:.2f}"])
     print(machine_line())
-    precision = _built(args.configs[0], args.data, 1, overrides).trainer.precision
+    precision = sizes[args.configs[0]][3]
     print_table(f"quiet seconds per epoch, {precision}, {torch.get_num_threads()} threads, best of {args.rounds} rounds, "
                 f"{args.steps} timed batches", ["config", "train img/s", "inference img/s", "s/epoch", "epochs",
                                                  "full run (h)", f"x the {args.budget_hours:g} h budget"], rows)
