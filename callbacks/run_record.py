@@ -158,12 +158,37 @@ class RunRecorder(L.Callback):
             "num_nodes": trainer.num_nodes,
             "hardware": hardware(pl_module.device),
             "versions": versions(),
-            "resumed_from": trainer.ckpt_path,
+            "resumed_from": _absolute(trainer.ckpt_path),
             "commit": git_commit(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "finished_at": None,
         }
+        self._record["segments"] = [*self._earlier_segments(trainer), _segment(self._record)]
         self._write(trainer)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not at fit start: a resume restores the loops' progress between the two.
+        if self._record.get("segments"):
+            self._record["segments"][-1].update(epochs_before=trainer.current_epoch, steps_before=trainer.global_step)
+            self._write(trainer)
+
+    def _earlier_segments(self, trainer: L.Trainer) -> list[dict[str, Any]]:
+        """The segments of the fit before this resume, from the run.json it leaves in the same folder.
+
+        A run cut and resumed (a preemption, a session's end) may train its parts on other commits, with
+        other thread counts: the top-level fields describe the last part only, the segments all of them.
+        """
+        path = self._log_dir / RUN_RECORD_FILE
+        if trainer.ckpt_path is None or not path.is_file():
+            return []
+        try:
+            earlier = json.loads(path.read_text())
+            segments = earlier.get("segments") or [_segment(earlier)]  # a run.json from before segments
+        except (OSError, ValueError, AttributeError) as error:
+            rank_zero_warn(f"{path} is unreadable ({error}); the record of this run starts at this resume.")
+            return []
+        return [segment for segment in segments if isinstance(segment, dict)]
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer) -> None:
@@ -266,6 +291,28 @@ class RunRecorder(L.Callback):
             images = pl_module.transfer_batch_to_device(images, pl_module.device, 0)
             # What the model sees, as the pictures and scores get it: floats, pixel-permuted if the data are.
             yield ModelView.of_datamodule(datamodule, images.shape[-2] * images.shape[-1])(images)
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+    """A local checkpoint path made absolute (a record outlives the working directory); a URL as it is."""
+    if path is None or "://" in str(path):
+        return None if path is None else str(path)
+    return os.path.abspath(path)
+
+
+def _segment(record: dict[str, Any]) -> dict[str, Any]:
+    """What one uninterrupted part of a fit ran on (its progress when it began: set at train start)."""
+    hardware = record.get("hardware") or {}
+    return {
+        "started_at": record.get("started_at"),
+        "epochs_before": None,
+        "steps_before": None,
+        "commit": record.get("commit"),
+        "torch_threads": hardware.get("torch_threads"),
+        "device": hardware.get("gpu") or hardware.get("device"),
+        "precision": record.get("precision"),
+        "resumed_from": record.get("resumed_from"),
+    }
 
 
 def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | None:

@@ -188,6 +188,7 @@ def record_of(run_dir: Path, commit: str | None = None) -> dict[str, Any]:
         "model": run.model,
         "parameters": run.parameters,
         "started_at": started.get("started_at"),
+        "segments": run.segments,  # a fit cut and resumed: each part's commit, threads and start
         "finished_at": run.finished_at,
         "training_seconds": started.get("elapsed_seconds"),
         "load_average": run.load_average,
@@ -265,6 +266,7 @@ def read_record(path: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) ->
         test_acc_flip=record["test"].get("acc_flip"),
         precision=record["precision"],
         load_average=record.get("load_average"),
+        segments=record.get("segments") or [],
         predictions=TestPredictions(packed["images_sha256"], _unpacked(packed["top1"], packed["count"]),
                                     _unpacked(packed["labels"], packed["count"])),
     )

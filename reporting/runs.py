@@ -103,6 +103,14 @@ class Run:
     precision: str | None = None
     load_average: float | None = None  # the machine's mean 1-minute load over the epochs; None: not recorded
     recipe: str = ""  # the config file and the overrides that matter, from a record; "" for a log folder
+    # The fit's uninterrupted parts, from run.json (callbacks.run_record): each one's commit, threads, start.
+    segments: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def threads(self) -> list[int | None]:
+        """torch's thread counts over the fit's segments, in order of first use (one where it ran at once)."""
+        used = [segment.get("torch_threads") for segment in self.segments] or [self.hardware.get("torch_threads")]
+        return list(dict.fromkeys(used))
 
     @property
     def training_seconds(self) -> float | None:
@@ -252,6 +260,7 @@ def read_run(version_dir: Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
         test_acc_flip=test_acc_flip[-1][1] if test_acc_flip else None,
         tested_at=tested_at,
         precision=record.get("precision"),
+        segments=list(record.get("segments") or []),
         load_average=statistics.fmean(loads) if (loads := [v for _, v in _scalars(accumulator, "time/load_average")])
         else None,
     )

@@ -193,9 +193,12 @@ def _conditions_cell(runs: Sequence[Run]) -> str:
     for run in runs:
         hw = run.hardware
         device = hw.get("gpu") or f"CPU {hw.get('cpu_cores', '?')} cores"
-        threads = hw.get("torch_threads", "?")
+        threads = [count for count in run.threads if count is not None]
+        counted = " or ".join(map(str, threads)) if threads else "?"
+        plural = "" if threads == [1] else "s"
+        resumed = f" in {len(run.segments)} parts" if len(run.segments) > 1 else ""
         load = "load not recorded" if run.load_average is None else f"load {run.load_average:.1f}"
-        cells.append(f"{device}, {threads} thread{'s' if threads != 1 else ''}, {run.precision or '?'}, {load}")
+        cells.append(f"{device}, {counted} thread{plural}{resumed}, {run.precision or '?'}, {load}")
     return "; ".join(dict.fromkeys(cells))
 
 

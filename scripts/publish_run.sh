@@ -25,6 +25,10 @@ logs=${LOGS:-lightning_logs}
 args=(--config "configs/$config.yaml" --data.data_dir "$data" --trainer.logger.init_args.save_dir "$logs"
       --trainer.logger.init_args.name "$name" "$@")
 python cli.py fit "${args[@]}" --ckpt_path last
-python cli.py test "${args[@]}" --ckpt_path best
+# Flip test-time augmentation is logged beside the plain test/acc (test/acc_flip), never in its place; a mirror
+# is not the image's mirror on pixel-permuted data.
+flip=(--model.test_time_flip true)
+grep -q "permute_pixels: true" "configs/$config.yaml" && flip=()
+python cli.py test "${args[@]}" "${flip[@]}" --ckpt_path best
 python cli.py predict "${args[@]}" --ckpt_path best
 python report.py "$logs" --record-to results

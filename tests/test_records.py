@@ -177,6 +177,22 @@ def test_a_run_resumed_after_its_test_is_not_published_with_the_old_numbers(tmp_
     assert not (tmp_path / "results").exists()
 
 
+def test_a_fit_trained_in_parts_keeps_each_parts_commit_and_threads(tmp_path):
+    """A run cut by a session's end and resumed on other commits and thread counts says so, not only its last part."""
+    logdir = tmp_path / "logs"
+    folder = _fake_run(logdir, "resnet_cbam_fast", "version_0", 0, test_acc=0.5, right=_bits("1100"))
+    started = json.loads((folder / "run.json").read_text())
+    started["hardware"]["torch_threads"] = 2  # the last part's
+    started["segments"] = [{"commit": "aaa", "torch_threads": 1, "epochs_before": 0},
+                           {"commit": "bbb", "torch_threads": 1, "epochs_before": 4},
+                           {"commit": "ccc", "torch_threads": 2, "epochs_before": 14}]
+    (folder / "run.json").write_text(json.dumps(started))
+    assert report.main([str(logdir), "--record-to", str(tmp_path / "results")]) is None
+    (path,) = (tmp_path / "results").glob("*/*.json")
+    assert [part["commit"] for part in json.loads(path.read_text())["segments"]] == ["aaa", "bbb", "ccc"]
+    assert "| CPU 2 cores, 1 or 2 threads in 3 parts, " in report.results_markdown(tmp_path / "results")
+
+
 def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped(tiny_data, tmp_path):
     """scripts/publish_run.sh end to end in a copy of the project, run twice: the second run adds nothing."""
     project = tmp_path / "project"
@@ -195,6 +211,8 @@ def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped
     assert path.parent.name == "mlp_tiny" and record["config_file"] == "configs/mlp.yaml"
     assert [epoch["epoch"] for epoch in record["epochs"]] == [1]  # resumed at its end: no second epoch
     assert record["test_predictions"]["count"] == 18  # tiny_data: 3 classes of 6 test images
+    flipped_right = record["test"]["acc_flip"] * 18  # flip TTA, logged beside the plain accuracy
+    assert 0 <= round(flipped_right) <= 18 and abs(flipped_right - round(flipped_right)) < 1e-4
 
 
 def test_update_rewrites_only_the_generated_block(recorded, tmp_path):

@@ -83,6 +83,11 @@ def test_sigterm_saves_exits_nonzero_and_resume_matches_the_straight_run(tiny_da
                       "--trainer.logger.init_args.name", "preempted", "--ckpt_path", "last")
     assert resumed.trainer.global_step == 12
     _assert_same_weights(_weights(resumed.model), straight_weights(0))
+    # run.json keeps both parts of the fit: the first process's and the resume's.
+    first, second = json.loads((last.parent.parent / "run.json").read_text())["segments"]
+    assert (first["resumed_from"], first["epochs_before"], first["steps_before"]) == (None, 0, 0)
+    assert (Path(second["resumed_from"]), second["epochs_before"], second["steps_before"]) == (last, 1, 6)
+    assert first["torch_threads"] == second["torch_threads"] >= 1
 
 
 @pytest.mark.xdist_group("straight_weights")  # one worker trains the module's straight runs
