@@ -21,14 +21,17 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from torch import distributed
 
 from callbacks.fault_tolerance import replaced_atomically
 from typing_extensions import override
 
-__all__ = ["PREDICTIONS_FILE", "PredictionWriter", "prediction_rows"]
+__all__ = ["FLIP_PREDICTIONS_FILE", "PREDICTIONS_FILE", "PredictionWriter", "prediction_rows"]
 
 PREDICTIONS_FILE = "predictions.csv"  # in the run's folder; the report reads it back
+# With --model.test_time_flip: the averaged predictions, beside the plain ones, never over them.
+FLIP_PREDICTIONS_FILE = "predictions_flip.csv"
 
 
 def prediction_rows(
@@ -107,7 +110,10 @@ class PredictionWriter(BasePredictionWriter):
             return
         folder = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir)  # log_dir: every rank calls
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / self.filename
+        flipped = getattr(pl_module, "test_time_flip", False) and self.filename == PREDICTIONS_FILE
+        self.path = folder / (FLIP_PREDICTIONS_FILE if flipped else self.filename)
+        if flipped:
+            rank_zero_info(f"test_time_flip: each image and its mirror, averaged, are written to {self.path}.")
         self._columns = self.columns(pl_module.num_classes)
 
     @override

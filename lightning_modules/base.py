@@ -69,12 +69,15 @@ class ImageClassifier(L.LightningModule):
             (docs/performance.md), and no GPU has measured it yet
             (``benchmarks/gpu_check.py`` does). Kept as ``compile_net``:
             ``compile`` is an ``nn.Module`` method.
-        test_time_flip: Under ``test``, also classify each image's mirror and
-            log the averaged prediction's accuracy as ``test/acc_flip``, beside
-            the plain ``test/acc``, which it never replaces. Costs a second
-            forward pass. Refused on pixel-permuted data, where a mirror of the
+        test_time_flip: Also classify each image's mirror and average the two
+            predictions. Under ``test`` its accuracy is logged as
+            ``test/acc_flip``, beside the plain ``test/acc``, which it never
+            replaces; under ``predict`` the averaged probabilities go to
+            ``predictions_flip.csv``, beside (never over) the plain
+            ``predictions.csv`` that the report reads. Costs a second forward
+            pass. Refused on pixel-permuted data, where a mirror of the
             model's input is not a mirror of the image.
-            A test-time option: ``cli.py test ... --model.test_time_flip true``.
+            A test-time option: ``cli.py test|predict ... --model.test_time_flip true``.
     """
 
     # Metric the scheduler watches; validation drives every training decision.
@@ -210,6 +213,12 @@ class ImageClassifier(L.LightningModule):
         return {"probs": logits.detach().softmax(dim=1), "labels": labels}
 
     def on_test_start(self) -> None:
+        self._refuse_flip_on_permuted_pixels()
+
+    def on_predict_start(self) -> None:
+        self._refuse_flip_on_permuted_pixels()
+
+    def _refuse_flip_on_permuted_pixels(self) -> None:
         if self.test_time_flip and getattr(self.trainer.datamodule, "permute_pixels", False):
             raise UserInputError(
                 "test_time_flip mirrors the model's input, which on pixel-permuted data is not the image's mirror.\n"
@@ -255,7 +264,10 @@ class ImageClassifier(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities, with the true labels (-1: unknown) and dataset indices when the batch has them."""
         images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
-        output = {"probs": self(images).softmax(dim=1)}
+        probs = self(images).softmax(dim=1)
+        if self.test_time_flip:  # the mean of the image's and its mirror's, as test/acc_flip scores them
+            probs = (probs + self(images.flip(-1)).softmax(dim=1)) / 2
+        output = {"probs": probs}
         output.update(zip(("labels", "index"), rest))
         return output
 
