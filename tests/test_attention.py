@@ -339,3 +339,34 @@ def test_the_squeeze_excite_block_is_the_specs():
     x = torch.rand(2, 32, 4, 4)
     expected = x * torch.sigmoid(block.fc2(torch.relu(block.fc1(x.mean(dim=(2, 3))))))[:, :, None, None]
     torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_fast_descriptors_give_the_plain_ops_numbers(dtype):
+    """The blocks' means (a sum and a scale) and CBAM's channel max (over an NHWC view) are only faster.
+
+    The same numbers in the configs' layout and sizes, so runs trained before the change (the
+    attention records) and after it share one code path, except that CBAM's spatial half adds its
+    three gradient paths in another order: a rounding apart (0.4 % of the elements in bf16 here).
+    """
+    from lightning_modules.attention import SpatialAttention, _mean
+
+    torch.manual_seed(0)
+    for size in (32, 16, 8, 4):
+        x = torch.randn(8, 64, size, size, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+        for dim, keepdim in (((2, 3), False), (1, True), (2, False), (3, False)):
+            fast, plain = _mean(x, dim, keepdim), x.mean(dim=dim, keepdim=keepdim)
+            assert torch.equal(fast, plain), (size, dim)
+            weights = torch.randn_like(plain)
+            assert torch.equal(*(torch.autograd.grad((y * weights).sum(), x)[0] for y in (fast, plain))), (size, dim)
+        spatial = SpatialAttention()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):  # as the runs train
+            fast = spatial(x)
+            channel_max = x.max(dim=1, keepdim=True).values
+            plain = x * spatial.gate(spatial.conv(torch.cat([x.mean(dim=1, keepdim=True), channel_max], dim=1)))
+        assert torch.equal(fast, plain), size
+        weights = torch.randn_like(plain)
+        gradients = [torch.autograd.grad((y * weights).sum(), x)[0] for y in (fast, plain)]
+        # A sum of three paths in another order: at most one rounding of the largest gradient apart.
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(*gradients, rtol=eps, atol=eps * float(gradients[1].abs().max()))
