@@ -158,6 +158,23 @@ def test_ge_gathers_a_coarse_map_and_scales_by_it_upsampled():
     torch.testing.assert_close(y, x * gate.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3))
 
 
+def test_ge_gathers_in_its_weights_precision_under_a_bf16_autocast_and_runs_in_pure_bf16():
+    """The depthwise gather stays in fp32 under autocast (its bf16 backward is slow on CPU); bf16 weights run as bf16."""
+    torch.manual_seed(0)
+    block = create_attention("ge", 8, 2)
+    gathered = []
+    block.gather.register_forward_hook(lambda m, i, o: gathered.append(o.dtype))
+    # bf16 in, as a bf16 conv's output reaches the block in a network under autocast
+    x = torch.rand(4, 8, 16, 16, dtype=torch.bfloat16).to(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    assert gathered == [torch.float32] and y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+    block.to(torch.bfloat16)
+    assert block(x.detach()).dtype == torch.bfloat16 and gathered[-1] == torch.bfloat16
+
+
 def test_coordinate_attention_gates_rows_times_columns():
     torch.manual_seed(0)
     block = create_attention("coord", 8, 2).eval()
