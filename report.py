@@ -126,6 +126,11 @@ TEST_ACCURACY_NOTE = (
     "compare speeds in the quiet benchmarks of docs/performance.md, not here. The source's number is a test "
     "accuracy too."
 )
+FLIP_NOTE = (
+    " With flip TTA: the same checkpoint and images, each classified with its mirror and the two predictions "
+    "averaged (`cli.py test --model.test_time_flip true`), mean over the seeds that measured it; a second "
+    "number, never the published one."
+)
 COMPARISON_NOTE = (
     "Paired comparisons on the same test images, from each run's predictions. Difference: the first "
     "config's mean test accuracy minus the second's, in points, with a 95 % percentile interval from "
@@ -144,7 +149,8 @@ COMPARISON_NOTE = (
 def _readme_lines(groups: dict[str, list[Run]], comparisons: Sequence[Comparison], notes: Sequence[str],
                   resamples: int, seed: int, missing: dict[str, str] | None = None) -> list[str]:
     """The README's results: the compact table, the paired comparisons, and what was not compared."""
-    lines = [results_table(groups, missing), "", TEST_ACCURACY_NOTE]
+    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+    lines = [results_table(groups, missing), "", TEST_ACCURACY_NOTE + (FLIP_NOTE if flip else "")]
     if comparisons:
         lines += ["", comparison_table(groups, comparisons), "", COMPARISON_NOTE.format(resamples=resamples, seed=seed)]
     if notes:

@@ -220,6 +220,10 @@ def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None =
     """
     header = ["command", "parameters", "epochs", "test acc (%) [95 % interval]", "training time",
               "where (device, threads, precision, load)", "source's test acc (%)"]
+    # Flip test-time augmentation beside the plain number, never in its place; only where a run measured it.
+    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+    if flip:
+        header.insert(header.index("test acc (%) [95 % interval]") + 1, "with flip TTA (%)")
     rows = []
     for config, runs in groups.items():
         rows.append([
@@ -227,12 +231,13 @@ def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None =
             f"{runs[0].parameters:,}",
             _epochs_cell(runs),
             test_accuracy_cell(runs),
+            *([_mean_or_dash([run.test_acc_flip for run in runs], _percent)] if flip else []),
             _mean_or_dash([run.training_seconds for run in runs], _duration),
             _conditions_cell(runs),
             spec_cell(config),
         ])
     for config, reason in (missing or {}).items():
-        rows.append([f"`{config}.yaml`", "-", "-", reason, "-", "-", spec_cell(config)])
+        rows.append([f"`{config}.yaml`", "-", "-", reason, *(["-"] if flip else []), "-", "-", spec_cell(config)])
     return tables.markdown_table(header, rows)
 
 

@@ -213,6 +213,9 @@ def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped
     assert record["test_predictions"]["count"] == 18  # tiny_data: 3 classes of 6 test images
     flipped_right = record["test"]["acc_flip"] * 18  # flip TTA, logged beside the plain accuracy
     assert 0 <= round(flipped_right) <= 18 and abs(flipped_right - round(flipped_right)) < 1e-4
+    readme = report.results_markdown(project / "results")  # and published beside it, in a column of its own
+    assert "| test acc (%) [95 % interval] | with flip TTA (%) |" in readme and "With flip TTA:" in readme
+    assert f"| {100 * record['test']['acc_flip']:.2f} |" in readme
 
 
 def test_update_rewrites_only_the_generated_block(recorded, tmp_path):
