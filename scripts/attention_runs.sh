@@ -4,7 +4,7 @@
 # checkpoint is also scored by explain.py --faithfulness on the same 100 test images (the first 10 of
 # each class), and the leaderboard kept as results/<name>/faithfulness/seed0.json (about 5 minutes).
 # A finished run is skipped and an interrupted one resumes, so run it again until it prints nothing new.
-# On one thread of the 2-core Xeon a run takes from about 15 minutes (none) to over an hour (ge: 0.20x
+# On one thread of the 2-core Xeon a run takes from about 15 minutes (none) to about 40 (cbam: 0.41x
 # none's training speed, results/attention_cost.json); run two at once, one per core:
 #   scripts/attention_runs.sh 0 & scripts/attention_runs.sh 1 & wait; scripts/attention_runs.sh 2
 # Then: python report.py results --update README.md docs/results.md
