@@ -78,11 +78,33 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable: the order within a rank is pytest's
+    _name_xdist_groups(config, items)
+
+
+def _name_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each ``xdist_group`` test its ``@group`` suffix, which ``--dist loadgroup`` schedules by.
+
+    pytest 9 keeps a node's id in ``_id``; pytest-xdist 3.8 still writes the suffix to ``_nodeid``,
+    which pytest 9 no longer reads, so every group was split over the workers and each module-scoped
+    fit (test_cluster's one-node run, test_records' recorded run...) was trained once per worker.
+    Where xdist's own suffix took (older pytest), this does nothing.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9 only, where ``_id`` holds the id
+    except ImportError:
+        return
+    for item in items:
+        names = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                 for mark in item.iter_markers("xdist_group")}
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(names))}")
 
 
 @pytest.fixture
