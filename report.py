@@ -53,7 +53,7 @@ from reporting import records
 from reporting.attention import attention_lines
 from reporting.comparisons import Comparison, compare_configs, default_pairs
 from reporting.runs import DEFAULT_THRESHOLDS, REPORT_RUN, ReportError, Run, find_runs, group_runs
-from reporting.tables import environment_lines, per_class_table, results_table, comparison_table, summarize, wide_table
+from reporting.tables import environment_lines, measured_flip, per_class_table, results_table, comparison_table, summarize, wide_table
 from reporting.statistics import RESAMPLES
 from visualization.report_figures import Curve, accuracy_curves
 
@@ -149,8 +149,7 @@ COMPARISON_NOTE = (
 def _readme_lines(groups: dict[str, list[Run]], comparisons: Sequence[Comparison], notes: Sequence[str],
                   resamples: int, seed: int, missing: dict[str, str] | None = None) -> list[str]:
     """The README's results: the compact table, the paired comparisons, and what was not compared."""
-    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
-    lines = [results_table(groups, missing), "", TEST_ACCURACY_NOTE + (FLIP_NOTE if flip else "")]
+    lines = [results_table(groups, missing), "", TEST_ACCURACY_NOTE + (FLIP_NOTE if measured_flip(groups) else "")]
     if comparisons:
         lines += ["", comparison_table(groups, comparisons), "", COMPARISON_NOTE.format(resamples=resamples, seed=seed)]
     if notes:

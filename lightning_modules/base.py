@@ -207,10 +207,13 @@ class ImageClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
         if stage == "test" and self.test_time_flip:
             # Mirror along the width; the averaged probabilities are a second number, not the test number.
-            flipped = self(batch[0].flip(-1)).softmax(dim=1)
-            self.test_acc_flip((logits.softmax(dim=1) + flipped).argmax(dim=1), labels)
+            self.test_acc_flip(self._with_mirror(batch[0], logits.softmax(dim=1)).argmax(dim=1), labels)
             self.log("test/acc_flip", self.test_acc_flip, on_epoch=True)
         return {"probs": logits.detach().softmax(dim=1), "labels": labels}
+
+    def _with_mirror(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Flip TTA, one definition for test and predict: the mean of the image's and its mirror's probabilities."""
+        return (probs + self(images.flip(-1)).softmax(dim=1)) / 2
 
     def on_test_start(self) -> None:
         self._refuse_flip_on_permuted_pixels()
@@ -265,9 +268,7 @@ class ImageClassifier(L.LightningModule):
         """Class probabilities, with the true labels (-1: unknown) and dataset indices when the batch has them."""
         images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
         probs = self(images).softmax(dim=1)
-        if self.test_time_flip:  # the mean of the image's and its mirror's, as test/acc_flip scores them
-            probs = (probs + self(images.flip(-1)).softmax(dim=1)) / 2
-        output = {"probs": probs}
+        output = {"probs": self._with_mirror(images, probs) if self.test_time_flip else probs}
         output.update(zip(("labels", "index"), rest))
         return output
 

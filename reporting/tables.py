@@ -103,6 +103,11 @@ def _seeds_cell(runs: Sequence[Run]) -> str:
     return ", ".join("?" if run.seed is None else str(run.seed) for run in runs)
 
 
+def measured_flip(groups: dict[str, list[Run]]) -> bool:
+    """Whether any run measured flip TTA: its column and note appear only then."""
+    return any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+
+
 def wide_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> str:
     """One row per config: mean ± std over its seeds."""
     header = ["config", "model", "parameters", "seeds", "best val/acc (%)", "best at epoch",
@@ -110,7 +115,7 @@ def wide_table(groups: dict[str, list[Run]], thresholds: Sequence[float]) -> str
     header += [f"to {100 * t:g} % val/acc" for t in thresholds]
     header += ["inference img/s"]
     # Flip test-time augmentation gets its own column, only where a run measured it.
-    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+    flip = measured_flip(groups)
     if flip:
         header.insert(header.index("test/acc (%)") + 1, "test/acc with flip TTA (%)")
     rows = []
@@ -221,7 +226,7 @@ def results_table(groups: dict[str, list[Run]], missing: dict[str, str] | None =
     header = ["command", "parameters", "epochs", "test acc (%) [95 % interval]", "training time",
               "where (device, threads, precision, load)", "source's test acc (%)"]
     # Flip test-time augmentation beside the plain number, never in its place; only where a run measured it.
-    flip = any(run.test_acc_flip is not None for runs in groups.values() for run in runs)
+    flip = measured_flip(groups)
     if flip:
         header.insert(header.index("test acc (%) [95 % interval]") + 1, "with flip TTA (%)")
     rows = []
