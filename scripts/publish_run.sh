@@ -27,8 +27,10 @@ args=(--config "configs/$config.yaml" --data.data_dir "$data" --trainer.logger.i
 python cli.py fit "${args[@]}" --ckpt_path last
 # Flip test-time augmentation is logged beside the plain test/acc (test/acc_flip), never in its place; a mirror
 # is not the image's mirror on pixel-permuted data.
+# The effective config decides, so that a command-line --data.permute_pixels counts as well as the file's.
+effective=$(python cli.py test "${args[@]}" --print_config)
 flip=(--model.test_time_flip true)
-grep -q "permute_pixels: true" "configs/$config.yaml" && flip=()
+if grep -q "^ *permute_pixels: true" <<< "$effective"; then flip=(); fi
 python cli.py test "${args[@]}" "${flip[@]}" --ckpt_path best
 python cli.py predict "${args[@]}" --ckpt_path best
 python report.py "$logs" --record-to results

@@ -218,6 +218,17 @@ def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped
     assert f"| {100 * record['test']['acc_flip']:.2f} |" in readme
 
 
+def test_publish_run_sees_a_pixel_permutation_set_on_the_command_line():
+    """The script skips flip TTA on permuted pixels by reading the effective config, overrides included."""
+    script = (REPO / "scripts" / "publish_run.sh").read_text()
+    pattern = re.search(r'grep -q "([^"]+)" <<< "\$effective"', script).group(1)
+    printed = subprocess.run([sys.executable, "cli.py", "test", "--config", "configs/mlp.yaml",
+                              "--data.permute_pixels", "true", "--print_config"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert re.search(pattern, printed, re.MULTILINE)
+    assert not re.search(pattern, printed.replace("permute_pixels: true", "permute_pixels: false"), re.MULTILINE)
+
+
 def test_update_rewrites_only_the_generated_block(recorded, tmp_path):
     _, path, _ = recorded
     results = path.parent.parent
