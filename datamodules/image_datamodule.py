@@ -367,7 +367,8 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
         if shuffle:
-            sampler = ResumableShuffleSampler(dataset, self.shuffle_seed, num_replicas=world_size, rank=rank)
+            sampler = ResumableShuffleSampler(dataset, self.shuffle_seed, num_replicas=world_size, rank=rank,
+                                              batch_size=self.batch_size)
             if self._resume_at is not None:
                 # Set before the loader exists: its workers read the order as soon as the first iterator
                 # is made, before Lightning sets the epoch, and Lightning hands a loader its state only

@@ -28,16 +28,29 @@ __all__ = ["EvalShardSampler", "ResumableLoader", "ResumableShuffleSampler", "lo
 class ResumableShuffleSampler(DistributedSampler):
     """Shuffle per epoch from ``seed + epoch``; the first epoch after a resume starts mid-way.
 
+    When an epoch's last batch would hold a single image, that image sits the epoch out
+    (another one each epoch, as the order is reshuffled): BatchNorm cannot normalise one value
+    per channel in training, which a block that pools to 1x1 before its BatchNorm (Gather-Excite)
+    would otherwise meet at the end of every epoch.
+
     Args:
         dataset: The training set.
         seed: Shuffle seed; the same on every rank.
         num_replicas: Number of processes (DDP world size; 1 without DDP).
         rank: This process's rank.
+        batch_size: The loader's batch size; ``None`` keeps every image.
     """
 
-    def __init__(self, dataset: Sized, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Sized, seed: int, num_replicas: int = 1, rank: int = 0,
+                 batch_size: int | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        lone_last = batch_size is not None and batch_size > 1 and self.num_samples % batch_size == 1
+        self.per_epoch = self.num_samples - 1 if lone_last else self.num_samples
         self._resume_at: tuple[int, int] | None = None
+
+    @override
+    def __len__(self) -> int:
+        return self.per_epoch
 
     def resume_at(self, epoch: int, samples_done: int) -> None:
         """Continue a run saved during ``epoch`` after it had trained ``samples_done`` samples (of this rank).
@@ -46,7 +59,7 @@ class ResumableShuffleSampler(DistributedSampler):
         before it sets the sampler epoch, and loader workers read the order
         then, ahead of the first batch.
         """
-        if samples_done >= self.num_samples:  # saved at the epoch's end: the next one starts afresh
+        if samples_done >= self.per_epoch:  # saved at the epoch's end: the next one starts afresh
             self.set_epoch(epoch + 1)
             return
         self.set_epoch(epoch)
@@ -54,7 +67,7 @@ class ResumableShuffleSampler(DistributedSampler):
 
     @override
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = list(super().__iter__())[: self.per_epoch]
         if self._resume_at is not None:
             epoch, skip = self._resume_at
             self._resume_at = None  # only the interrupted epoch is partial

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cli import main
+from datamodules import CIFAR10DataModule
 from lightning_modules import CNNCBAMClassifier, CNNClassifier, CNNSEClassifier, ResNet18CBAMClassifier, ResNet18Classifier
 from lightning_modules.attention import (
     ATTENTION,
@@ -173,6 +174,15 @@ def test_ge_gathers_in_its_weights_precision_under_a_bf16_autocast_and_runs_in_p
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
     block.to(torch.bfloat16)
     assert block(x.detach()).dtype == torch.bfloat16 and gathered[-1] == torch.bfloat16
+
+
+def test_ge_trains_when_the_training_set_leaves_one_image_for_the_last_batch(tiny_data_16):
+    """GE's gather reaches 1x1 before a BatchNorm, which cannot normalise a batch of one in training."""
+    data = CIFAR10DataModule(data_dir=tiny_data_16, val_size=7, batch_size=8)  # 65 = 8 * 8 + 1 training images
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(tiny("cnn", "ge", scheduler=None), data)
+    assert trainer.global_step == 8  # the lone 65th image sat the epoch out
 
 
 def test_coordinate_attention_gates_rows_times_columns():

@@ -195,6 +195,23 @@ def test_resumed_sampler_continues_the_interrupted_epoch_where_it_stopped():
     assert list(at_epoch_end) == list(straight)  # epoch 3, from its start
 
 
+def test_an_epoch_whose_last_batch_would_be_one_image_leaves_out_another_image_each_epoch():
+    sampler = ResumableShuffleSampler(range(49), seed=3, batch_size=16)  # 3 batches of 16 and a lone 49th
+    left_out = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) == 48 and len(set(order)) == 48
+        left_out += sorted(set(range(49)) - set(order))
+    assert len(set(left_out)) > 1  # not always the same image
+    assert len(ResumableShuffleSampler(range(50), seed=3, batch_size=16)) == 50  # a last batch of two stays
+    assert len(ResumableShuffleSampler(range(49), seed=3)) == 49
+    resumed = ResumableShuffleSampler(range(49), seed=3, batch_size=16)
+    resumed.resume_at(epoch=2, samples_done=48)  # saved at the shortened epoch's end
+    sampler.set_epoch(3)
+    assert list(resumed) == list(sampler)
+
+
 def test_shuffle_depends_on_seed_and_epoch_only():
     def order(seed, epoch):
         sampler = ResumableShuffleSampler(range(50), seed=seed)
