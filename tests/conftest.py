@@ -65,7 +65,7 @@ if "PYTEST_DEBUG_TEMPROOT" not in os.environ and _PYTEST >= (7, 3) and (root := 
 LONGEST_FIRST = (
     "tests/test_cluster.py",  # one xdist group: 2-process DDP runs, two nodes, torchrun
     "tests/test_gpu_check.py::test_smoke_run",
-    "tests/test_records.py::test_publish_run",  # publish_run.sh twice: ten cli.py and report.py processes
+    "tests/test_records.py::test_publish_run",  # publish_run.sh: five cli.py and report.py processes
     "tests/test_predictions.py",  # one xdist group: its fixture's fit and a DDP predict
     "tests/test_unfreeze.py::test_ddp_replicas",
     "tests/test_robustness.py",  # the straight-run group, the signal and DDP NaN runs

@@ -193,8 +193,12 @@ def test_a_fit_trained_in_parts_keeps_each_parts_commit_and_threads(tmp_path):
     assert "| CPU 2 cores, 1 or 2 threads in 3 parts, " in report.results_markdown(tmp_path / "results")
 
 
-def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped(tiny_data, tmp_path):
-    """scripts/publish_run.sh end to end in a copy of the project, run twice: the second run adds nothing."""
+def test_publish_run_trains_tests_predicts_and_records(tiny_data, tmp_path):
+    """scripts/publish_run.sh end to end in a copy of the project; recording again adds nothing.
+
+    One pass: its ``--ckpt_path last`` resuming a finished or cut fit is the CLI's, tested in
+    test_checkpoint_policy and test_robustness (a second pass cost four more process start-ups).
+    """
     project = tmp_path / "project"
     shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".venv*", "results", "lightning_logs",
                                                                   "__pycache__", "data", "*.egg-info"))
@@ -203,13 +207,15 @@ def test_publish_run_trains_tests_predicts_and_records_resuming_where_it_stopped
     # Without the drawing callbacks: the script's steps and the record are the point, not the pictures.
     command = ["bash", "scripts/publish_run.sh", "mlp_tiny", "mlp", "--data.val_size", "12", "--data.batch_size",
                "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", *NO_PICTURES]
-    for _ in range(2):
-        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     (path,) = (project / "results").glob("*/*.json")
-    record = json.loads(path.read_text())
+    written = path.read_text()
+    assert report.main([str(tmp_path / "logs"), "--record-to", str(project / "results")]) is None
+    assert [path] == list((project / "results").glob("*/*.json")) and path.read_text() == written
+    record = json.loads(written)
     assert path.parent.name == "mlp_tiny" and record["config_file"] == "configs/mlp.yaml"
-    assert [epoch["epoch"] for epoch in record["epochs"]] == [1]  # resumed at its end: no second epoch
+    assert [epoch["epoch"] for epoch in record["epochs"]] == [1]
     assert record["test_predictions"]["count"] == 18  # tiny_data: 3 classes of 6 test images
     flipped_right = record["test"]["acc_flip"] * 18  # flip TTA, logged beside the plain accuracy
     assert 0 <= round(flipped_right) <= 18 and abs(flipped_right - round(flipped_right)) < 1e-4
