@@ -23,7 +23,7 @@ def _fit(run_cli, data, *extra):
 
 
 def test_a_resumed_ema_run_ends_on_the_straight_runs_average_and_its_checkpoints_hold_it(tiny_data, run_cli,
-                                                                                          tmp_path, monkeypatch):
+                                                                                          tmp_path):
     straight = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", "straight")
     _fit(run_cli, tiny_data, "--trainer.max_epochs", 1, "--trainer.logger.init_args.version", "cut")
     resumed = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", "cut",
@@ -37,4 +37,3 @@ def test_a_resumed_ema_run_ends_on_the_straight_runs_average_and_its_checkpoints
     torch.testing.assert_close(last["state_dict"], straight.model.state_dict(), rtol=0, atol=0)
     raw = last["current_model_state"]
     assert any(not torch.equal(raw[name], value) for name, value in last["state_dict"].items())
-
