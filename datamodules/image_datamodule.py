@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
+from datamodules.progressive_resize import ProgressiveResize, resize_batch
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder, read_loose_images
 from datamodules.sampling import EvalShardSampler, ResumableLoader, ResumableShuffleSampler, loader_generator
 from common.lightning_private import batches_trained_this_epoch
@@ -137,6 +138,10 @@ class ImageDataModule(L.LightningDataModule):
             resized to the training images') for ``predict``; files in a
             sub-folder named after a class are labelled with it. Default: the
             test split.
+        progressive_resize: Train the early epochs on smaller images and the
+            last ones at full size (:class:`~datamodules.progressive_resize.ProgressiveResize`);
+            validation and test stay at full size. Only for networks that end in
+            a global pooling (the ResNet18 recipes); refused with permuted pixels.
     """
 
     torchvision_dataset: ClassVar[Any]
@@ -162,6 +167,7 @@ class ImageDataModule(L.LightningDataModule):
         skip_broken: bool = False,
         keep_on_device: bool = False,
         predict_dir: str | Path | None = None,
+        progressive_resize: ProgressiveResize | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -171,7 +177,7 @@ class ImageDataModule(L.LightningDataModule):
         if val_size < 0:
             raise DataError(f"val_size={val_size} must be 0 or more.\nHINT: e.g. --data.val_size 5000.")
         # mean/std are logged by the model, which receives the resolved values.
-        self.save_hyperparameters(ignore=["mean", "std", "augment"])
+        self.save_hyperparameters(ignore=["mean", "std", "augment", "progressive_resize"])
         if not isinstance(augment, (bool, BatchAugment)):
             raise DataError(
                 f"augment={augment!r} must be true, false or a datamodules.augment.BatchAugment.\n"
@@ -179,6 +185,19 @@ class ImageDataModule(L.LightningDataModule):
             )
         # Plain values only: checkpoints keep these hyperparameters and load with weights_only=True.
         self.hparams["augment"] = augment if isinstance(augment, bool) else augment.settings()
+        if progressive_resize is not None and not isinstance(progressive_resize, ProgressiveResize):
+            raise DataError(
+                f"progressive_resize={progressive_resize!r} must be a datamodules.progressive_resize.ProgressiveResize.\n"
+                "HINT: e.g. progressive_resize: {class_path: datamodules.progressive_resize.ProgressiveResize, "
+                "init_args: {min_scale: 0.75}}."
+            )
+        if progressive_resize is not None and permute_pixels:
+            raise DataError(
+                "progressive_resize changes the number of pixels, which the fixed pixel permutation of "
+                "permute_pixels cannot follow.\nHINT: leave --data.progressive_resize out for permuted configs."
+            )
+        self.progressive_resize = progressive_resize
+        self.hparams["progressive_resize"] = None if progressive_resize is None else progressive_resize.settings()
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
         self.val_size = val_size
@@ -331,6 +350,8 @@ class ImageDataModule(L.LightningDataModule):
                 found = read_loose_images(self.predict_dir, self.input_shape, self.classes)
                 self.predict_paths = found.paths
             self.predict_set = IndexedImages(found.images, found.labels)
+        if stage == "fit" and self.progressive_resize is not None and self.trainer is not None:
+            self.progressive_resize.scale_at(0, self.trainer.max_epochs)  # refuses a fit without max_epochs, now
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Without seed_everything each rank would take its own torch.initial_seed(): the shards of
             # one shuffled order would overlap. Every rank takes rank 0's (a checkpoint's, on resume).
@@ -450,11 +471,20 @@ class ImageDataModule(L.LightningDataModule):
             cached = self._device_permutation = permutation.to(device)
         return cached
 
+    def train_image_size(self, epoch: int) -> tuple[int, int]:
+        """``(height, width)`` of the training images of epoch ``epoch`` (0-based) of this fit."""
+        full = self.input_shape[1:]
+        if self.progressive_resize is None:
+            return full
+        return self.progressive_resize.size_at(epoch, self.trainer.max_epochs, full)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
         if self.augmenter is not None and self.trainer is not None and self.trainer.training:
             images = self.augmenter(images, generator=self._augment_generator(images.device))
+        if self.progressive_resize is not None and self.trainer is not None and self.trainer.training:
+            images = resize_batch(images, self.train_image_size(self.trainer.current_epoch))  # after the crop
         if self.permute_pixels:
             flat = images.flatten(2)
             images = flat[:, :, self._permutation_on(images.device, flat.shape[-1])].view_as(images)

@@ -82,6 +82,9 @@ class ImageClassifier(L.LightningModule):
 
     # Metric the scheduler watches; validation drives every training decision.
     scheduler_monitor = "val/loss"
+    # Whether ``net`` classifies images of any size (a global pooling before the head), which
+    # the datamodule's ``progressive_resize`` needs; a fixed ``Flatten -> Linear`` head does not.
+    accepts_any_image_size = False
 
     def __init__(
         self,
@@ -214,6 +217,21 @@ class ImageClassifier(L.LightningModule):
     def _with_mirror(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Flip TTA, one definition for test and predict: the mean of the image's and its mirror's probabilities."""
         return (probs + self(images.flip(-1)).softmax(dim=1)) / 2
+
+    def on_fit_start(self) -> None:
+        if getattr(self.trainer.datamodule, "progressive_resize", None) is not None and not self.accepts_any_image_size:
+            raise UserInputError(
+                f"{type(self).__name__} has a head sized for {self.input_shape[1]}x{self.input_shape[2]} images, "
+                "so it cannot train on the smaller ones of data.progressive_resize.\n"
+                "HINT: leave --data.progressive_resize out, or use a network with a global pooling "
+                "(configs/resnet18_fast.yaml, configs/resnet_cbam_fast.yaml)."
+            )
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "progressive_resize", None) is not None:
+            height, _ = datamodule.train_image_size(self.current_epoch)
+            self.log("train/image_size", float(height), on_step=False, on_epoch=True)
 
     def on_test_start(self) -> None:
         self._refuse_flip_on_permuted_pixels()

@@ -118,6 +118,8 @@ class ResNet18Classifier(ImageClassifier):
         **kwargs: See ``ImageClassifier``.
     """
 
+    accepts_any_image_size = True  # adaptive average pooling before fc
+
     def __init__(
         self,
         pretrained: bool = False,
