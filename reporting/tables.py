@@ -193,8 +193,11 @@ def _duration(seconds: float) -> str:
 
 
 def _conditions_cell(runs: Sequence[Run]) -> str:
-    """Device, threads, precision and load: what the training time depends on."""
-    cells = []
+    """Device, threads, precision and load: what the training time depends on.
+
+    Runs that differ only in their load share one entry, with the range of their loads.
+    """
+    loads: dict[str, list[float | None]] = {}
     for run in runs:
         hw = run.hardware
         device = hw.get("gpu") or f"CPU {hw.get('cpu_cores', '?')} cores"
@@ -202,9 +205,19 @@ def _conditions_cell(runs: Sequence[Run]) -> str:
         counted = " or ".join(map(str, threads)) if threads else "?"
         plural = "" if threads == [1] else "s"
         resumed = f" in {len(run.segments)} parts" if len(run.segments) > 1 else ""
-        load = "load not recorded" if run.load_average is None else f"load {run.load_average:.1f}"
-        cells.append(f"{device}, {counted} thread{plural}{resumed}, {run.precision or '?'}, {load}")
-    return "; ".join(dict.fromkeys(cells))
+        loads.setdefault(f"{device}, {counted} thread{plural}{resumed}, {run.precision or '?'}", []).append(
+            run.load_average)
+    return "; ".join(f"{conditions}, {_load_range(values)}" for conditions, values in loads.items())
+
+
+def _load_range(values: Sequence[float | None]) -> str:
+    """``load 2.1``, ``load 2.1-2.4``, with how many runs did not record theirs."""
+    recorded = sorted(f"{value:.1f}" for value in values if value is not None)
+    if not recorded:
+        return "load not recorded"
+    low, high = recorded[0], recorded[-1]
+    missing = len(values) - len(recorded)
+    return f"load {low}" + (f"-{high}" if high != low else "") + (f" ({missing} not recorded)" if missing else "")
 
 
 def _mean_present(values: Sequence[float | None]) -> float | None:

@@ -538,3 +538,22 @@ def test_details_only_prints_docs_results_and_the_report_holds_both(attention_lo
 def _cell_of_percentages(values: list[float]) -> str:
     """The wide table's ``mean ± sample std`` cell, in percent."""
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def test_the_where_cell_gives_one_entry_per_setting_with_the_range_of_loads():
+    from dataclasses import replace
+
+    from reporting.runs import Run
+    from reporting.tables import _conditions_cell
+
+    base = Run(config="cnn_fast", version="seed0", path="", seed=0, model="CNNClassifier", parameters=1,
+               finished_at="", hardware={"cpu_cores": 2, "torch_threads": 1}, versions={}, val_acc=[], epochs=[],
+               elapsed_seconds=[], epoch_seconds=[], test_acc=None, inference_images_per_second=None,
+               precision="bf16-mixed", load_average=2.24)
+    seeds = [base, replace(base, seed=1, load_average=2.06), replace(base, seed=2, load_average=None)]
+    assert _conditions_cell(seeds[:1]) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.2"
+    assert _conditions_cell(seeds[:2]) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.1-2.2"
+    assert _conditions_cell(seeds) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.1-2.2 (1 not recorded)"
+    other = replace(base, hardware={"cpu_cores": 2, "torch_threads": 2}, load_average=None)
+    assert _conditions_cell([base, other]) == ("CPU 2 cores, 1 thread, bf16-mixed, load 2.2; "
+                                               "CPU 2 cores, 2 threads, bf16-mixed, load not recorded")
