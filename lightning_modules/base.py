@@ -218,7 +218,12 @@ class ImageClassifier(L.LightningModule):
         """Flip TTA, one definition for test and predict: the mean of the image's and its mirror's probabilities."""
         return (probs + self(images.flip(-1)).softmax(dim=1)) / 2
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        # At setup: before the model summary, a checkpoint or a batch.
+        if stage == "fit":
+            self._refuse_resizing_into_a_fixed_head()
+
+    def _refuse_resizing_into_a_fixed_head(self) -> None:
         if getattr(self.trainer.datamodule, "progressive_resize", None) is not None and not self.accepts_any_image_size:
             raise UserInputError(
                 f"{type(self).__name__} has a head sized for {self.input_shape[1]}x{self.input_shape[2]} images, "
