@@ -6,6 +6,7 @@ Issue 32 lists it as a candidate for the flagship's recipe; a user tries it with
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.conftest import NO_PICTURES, REPO
@@ -37,3 +38,18 @@ def test_a_resumed_ema_run_ends_on_the_straight_runs_average_and_its_checkpoints
     torch.testing.assert_close(last["state_dict"], straight.model.state_dict(), rtol=0, atol=0)
     raw = last["current_model_state"]
     assert any(not torch.equal(raw[name], value) for name, value in last["state_dict"].items())
+
+
+def test_a_run_stopped_mid_epoch_resumes_onto_the_straight_runs_average(tiny_data, run_cli, tmp_path):
+    """Ctrl-C (or a crash) after step 4 of 6, inside the second epoch: ``last.ckpt`` is written there, and the
+    average, its count and the raw weights all come back with it."""
+    straight = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", "straight")
+    with pytest.raises(SystemExit):
+        _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", "cut",
+             "--trainer.callbacks+=tests.fault_helpers.CrashAtStep", "--trainer.callbacks.init_args.step", 4)
+    last = tmp_path / "lightning_logs/cnn/cut/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    resumed = _fit(run_cli, tiny_data, "--trainer.max_epochs", 2, "--trainer.logger.init_args.version", "cut",
+                   "--ckpt_path", "last")
+    assert resumed.trainer.global_step == straight.trainer.global_step == 6
+    torch.testing.assert_close(resumed.model.state_dict(), straight.model.state_dict(), rtol=0, atol=0)
