@@ -28,8 +28,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import BatchAugment
-from datamodules.progressive_resize import ProgressiveResize, resize_batch
 from datamodules.image_folder import DataError, ImageSet, find_classes, load_image_folder, read_loose_images
+from datamodules.progressive_resize import ProgressiveResize, resize_batch
 from datamodules.sampling import EvalShardSampler, ResumableLoader, ResumableShuffleSampler, loader_generator
 from common.lightning_private import batches_trained_this_epoch
 

@@ -30,14 +30,14 @@ class ProgressiveResize:
     linearly until ``ramp_end``, and stay at full size after it (FFCV's schedule, with the
     ramp given as shares of ``max_epochs`` so ``--trainer.max_epochs N`` scales it). Sizes are
     rounded to the nearest multiple of ``multiple`` pixels (as FFCV does), so a ramp passes
-    through a few sizes, not one per epoch (each new size is a new shape for cuDNN autotuning or ``torch.compile``).
-    Validation, test and predict always see full-size images.
+    through a few sizes, not one per epoch: each new size is a new shape for cuDNN's autotuner
+    and ``torch.compile``. Validation, test and predict always see full-size images.
 
     Args:
         min_scale: The first epochs' side length, as a share of the full one, in (0, 1].
         ramp_start: Share of the epochs trained at ``min_scale`` before the size grows, in [0, 1].
         ramp_end: Share of the epochs after which every epoch is full size, in [ramp_start, 1].
-        multiple: Sizes are multiples of this many pixels (at least 1, at most the full size).
+        multiple: Sizes are multiples of this many pixels (at least 1); never above the full size.
     """
 
     def __init__(self, min_scale: float = 0.75, ramp_start: float = 0.25, ramp_end: float = 0.75,
@@ -85,8 +85,8 @@ class ProgressiveResize:
         scale = self.scale_at(epoch, max_epochs)
         if scale == 1.0:
             return full
-        return tuple(max(self.multiple, min(side, math.floor(side * scale / self.multiple + 0.5) * self.multiple))
-                     for side in full)
+        nearest = (math.floor(side * scale / self.multiple + 0.5) * self.multiple for side in full)
+        return tuple(min(side, max(self.multiple, size)) for side, size in zip(full, nearest))
 
     def epoch_sizes(self, max_epochs: int, full: tuple[int, int]) -> list[tuple[int, int]]:
         """Every epoch's size, for a fit of ``max_epochs``: what a benchmark prices and a log shows."""

@@ -66,6 +66,7 @@ def test_the_schedule_holds_the_small_size_ramps_and_ends_at_full_size():
     # Non-square images keep their shape's proportions; no side drops below one multiple.
     assert schedule.size_at(0, 30, (32, 48)) == (24, 36)
     assert ProgressiveResize(min_scale=0.01).size_at(0, 10, (32, 32)) == (4, 4)
+    assert ProgressiveResize(min_scale=0.5, multiple=64).size_at(0, 10, (32, 32)) == (32, 32)  # never above full
 
 
 @pytest.mark.parametrize("kwargs, names", [
