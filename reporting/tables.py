@@ -212,10 +212,10 @@ def _conditions_cell(runs: Sequence[Run]) -> str:
 
 def _load_range(values: Sequence[float | None]) -> str:
     """``load 2.1``, ``load 2.1-2.4``, with how many runs did not record theirs."""
-    recorded = sorted(f"{value:.1f}" for value in values if value is not None)
+    recorded = sorted(value for value in values if value is not None)  # as numbers: "10.2" sorts before "9.4"
     if not recorded:
         return "load not recorded"
-    low, high = recorded[0], recorded[-1]
+    low, high = f"{recorded[0]:.1f}", f"{recorded[-1]:.1f}"
     missing = len(values) - len(recorded)
     return f"load {low}" + (f"-{high}" if high != low else "") + (f" ({missing} not recorded)" if missing else "")
 

@@ -554,6 +554,8 @@ def test_the_where_cell_gives_one_entry_per_setting_with_the_range_of_loads():
     assert _conditions_cell(seeds[:1]) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.2"
     assert _conditions_cell(seeds[:2]) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.1-2.2"
     assert _conditions_cell(seeds) == "CPU 2 cores, 1 thread, bf16-mixed, load 2.1-2.2 (1 not recorded)"
+    assert _conditions_cell([replace(base, load_average=10.2), replace(base, load_average=9.4)]) == \
+        "CPU 2 cores, 1 thread, bf16-mixed, load 9.4-10.2"  # by value, not as text
     other = replace(base, hardware={"cpu_cores": 2, "torch_threads": 2}, load_average=None)
     assert _conditions_cell([base, other]) == ("CPU 2 cores, 1 thread, bf16-mixed, load 2.2; "
                                                "CPU 2 cores, 2 threads, bf16-mixed, load not recorded")
