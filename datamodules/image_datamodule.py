@@ -481,9 +481,10 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, *index = batch  # predict batches carry the dataset index too
         images = images.float().div_(255)
-        if self.augmenter is not None and self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if self.augmenter is not None and training:
             images = self.augmenter(images, generator=self._augment_generator(images.device))
-        if self.progressive_resize is not None and self.trainer is not None and self.trainer.training:
+        if self.progressive_resize is not None and training:
             images = resize_batch(images, self.train_image_size(self.trainer.current_epoch))  # after the crop
         if self.permute_pixels:
             flat = images.flatten(2)
