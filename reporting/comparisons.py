@@ -26,6 +26,7 @@ DEFAULT_COMPARISONS = (
     ("resnet_cbam_fast", "resnet18_fast"),
     ("cnn_se", "cnn"),
     ("cnn_cbam", "cnn"),
+    ("cnn_cbam", "cnn_se"),  # the source's two attention recipes: same network, recipe and 50 epochs
     ("resnet_cbam", "resnet18"),
 )  # every kind on cnn_fast's recipe against none has its own table: reporting.attention
 
