@@ -4,6 +4,7 @@
     python report.py results --details-only              # docs/results.md's tables, from the records
     python report.py results --attention-only            # the README's "Does attention help?" table
     python report.py lightning_logs --record-to results  # a record (results/<config>/<run>.json) per tested run
+    python report.py lightning_logs --record-to results --run cnn_fast/seed1  # that run's record only
     python report.py results --update README.md docs/results.md  # rewrite their generated blocks
     python report.py lightning_logs                      # writes lightning_logs/report/
     python report.py lightning_logs --out reports/today --thresholds 0.5 0.6 0.7
@@ -101,16 +102,32 @@ def _reportable_runs(source: Path, thresholds: Sequence[float]) -> tuple[list[Ru
     return runs, skipped
 
 
-def record_runs(logdir: Path, results_dir: Path, commit: str | None = None) -> tuple[list[Path], list[str]]:
+def record_runs(logdir: Path, results_dir: Path, commit: str | None = None,
+                runs: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
     """Write a record of every finished, tested and predicted run under ``logdir``; the rest are named.
 
+    ``runs`` (``NAME`` or ``NAME/VERSION``) records only those: a script publishing one run leaves the
+    others' records as they are, and does not read every event file under a busy ``lightning_logs``.
+
     Raises:
-        ReportError: if ``logdir`` is not a folder of runs.
+        ReportError: if ``logdir`` is not a folder of runs, or a name in ``runs`` matches none of them.
     """
     if not logdir.is_dir() or records.is_results_dir(logdir):
         raise ReportError(f"'{logdir}' is not a folder of runs.\nHINT: pass the runs' save_dir, e.g. lightning_logs.")
+    run_dirs = sorted(path for path in logdir.glob("*/*") if (path / RUN_RECORD_FILE).is_file())
+    if runs is not None:
+        wanted = {run.strip("/") for run in runs}
+        unknown = sorted(run for run in wanted
+                         if not any(run in (d.parent.name, f"{d.parent.name}/{d.name}") for d in run_dirs))
+        if unknown:
+            raise ReportError(
+                f"--run {' '.join(unknown)}: no run of that name under '{logdir}' "
+                f"(runs there: {', '.join(f'{d.parent.name}/{d.name}' for d in run_dirs) or 'none'})."
+                "\nHINT: NAME is the logger's name (--trainer.logger.init_args.name), VERSION its version."
+            )
+        run_dirs = [d for d in run_dirs if wanted & {d.parent.name, f"{d.parent.name}/{d.name}"}]
     written, skipped = [], []
-    for run_dir in sorted(path for path in logdir.glob("*/*") if (path / RUN_RECORD_FILE).is_file()):
+    for run_dir in run_dirs:
         try:
             written.append(records.write_record(run_dir, results_dir, commit))
         except ReportError as reason:
@@ -389,11 +406,15 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     )
     parser.add_argument("--commit", default=None,
                         help="with --record-to: the commit the runs trained at, where their run.json has none")
+    parser.add_argument("--run", action="append", default=None, metavar="NAME[/VERSION]",
+                        help="with --record-to: record only this run, or every version of NAME (repeatable)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap replicates per comparison")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args(argv)
     if args.resamples < 1:
         parser.error(f"--resamples {args.resamples} must be at least 1 (e.g. 10000).")
+    if args.run is not None and args.record_to is None:
+        parser.error("--run picks the runs --record-to records; add --record-to RESULTS.")
     pairs = [tuple(pair) for pair in args.compare] if args.compare else None
     try:
         if args.update is not None:
@@ -401,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
                 print(f"{path}: {update_blocks(path, args.logdir, args.thresholds)} block(s) rewritten")
             return None
         if args.record_to is not None:
-            written, skipped = record_runs(args.logdir, args.record_to, args.commit)
+            written, skipped = record_runs(args.logdir, args.record_to, args.commit, args.run)
             for path in written:
                 print(f"recorded {path}")
             for line in skipped:

@@ -33,4 +33,11 @@ flip=(--model.test_time_flip true)
 if grep -q "^ *permute_pixels: true" <<< "$effective"; then flip=(); fi
 python cli.py test "${args[@]}" "${flip[@]}" --ckpt_path best
 python cli.py predict "${args[@]}" --ckpt_path best
-python report.py "$logs" --record-to results
+# Record this run only (every version of NAME when the command names none): the other records stay as they are.
+run=$name; previous=
+for arg in "$@"; do
+    case $arg in --trainer.logger.init_args.version=*) run="$name/${arg#*=}" ;; esac
+    [ "$previous" = --trainer.logger.init_args.version ] && run="$name/$arg"
+    previous=$arg
+done
+python report.py "$logs" --record-to results --run "$run"

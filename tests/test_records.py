@@ -124,6 +124,29 @@ def test_runs_that_cannot_be_published_are_named_not_recorded(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_run_records_only_the_runs_it_names(tmp_path, capsys):
+    """scripts/publish_run.sh records its own run; the others' records are left as they are."""
+    logdir, results = tmp_path / "logs", tmp_path / "results"
+    for seed in (0, 1):
+        _fake_run(logdir, "cnn_fast", f"seed{seed}", seed, test_acc=CNN[seed].count("1") / 12, right=_bits(CNN[seed]))
+    _fake_run(logdir, "cnn_se_fast", "seed0", 0, test_acc=SE[0].count("1") / 12, right=_bits(SE[0]))
+    assert report.main([str(logdir), "--record-to", str(results), "--run", "cnn_fast/seed1"]) is None
+    assert sorted(path.relative_to(results).as_posix() for path in results.glob("*/*.json")) == ["cnn_fast/seed1.json"]
+    assert report.main([str(logdir), "--record-to", str(results), "--run", "cnn_se_fast"]) is None
+    assert sorted(path.relative_to(results).as_posix() for path in results.glob("*/*.json")) == [
+        "cnn_fast/seed1.json", "cnn_se_fast/seed0.json"]
+    capsys.readouterr()
+    # A typo records nothing and names the runs there are.
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(logdir), "--record-to", str(results), "--run", "cnn_fast/seed2"])
+    assert exit_info.value.code == 2
+    assert "--run cnn_fast/seed2: no run of that name" in capsys.readouterr().err
+    assert len(list(results.glob("*/*.json"))) == 2
+    with pytest.raises(SystemExit):
+        report.main([str(logdir), "--run", "cnn_fast"])
+    assert "add --record-to RESULTS" in capsys.readouterr().err
+
+
 def test_a_file_that_is_not_a_record_is_named(tmp_path):
     (tmp_path / "cnn").mkdir()
     (tmp_path / "cnn" / "notes.json").write_text(json.dumps({"format": 99}))
@@ -194,7 +217,8 @@ def test_a_fit_trained_in_parts_keeps_each_parts_commit_and_threads(tmp_path):
 
 
 def test_publish_run_trains_tests_predicts_and_records(tiny_data, tmp_path):
-    """scripts/publish_run.sh end to end in a copy of the project; recording again adds nothing.
+    """scripts/publish_run.sh end to end in a copy of the project: it records its own run, not the others
+    beside it in LOGS; recording it again gives the same record.
 
     One pass: its ``--ckpt_path last`` resuming a finished or cut fit is the CLI's, tested in
     test_checkpoint_policy and test_robustness (a second pass cost four more process start-ups).
@@ -205,13 +229,16 @@ def test_publish_run_trains_tests_predicts_and_records(tiny_data, tmp_path):
     env = {**os.environ, "DATA": str(tiny_data), "LOGS": str(tmp_path / "logs"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # Without the drawing callbacks: the script's steps and the record are the point, not the pictures.
+    _fake_run(tmp_path / "logs", "cnn_fast", "seed0", 0, test_acc=CNN[0].count("1") / 12, right=_bits(CNN[0]))
     command = ["bash", "scripts/publish_run.sh", "mlp_tiny", "mlp", "--data.val_size", "12", "--data.batch_size",
-               "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", *NO_PICTURES]
+               "16", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.version", "seed3", *NO_PICTURES]
     done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (path,) = (project / "results").glob("*/*.json")
+    assert path.relative_to(project / "results").as_posix() == "mlp_tiny/seed3.json"
     written = path.read_text()
-    assert report.main([str(tmp_path / "logs"), "--record-to", str(project / "results")]) is None
+    assert report.main([str(tmp_path / "logs"), "--record-to", str(project / "results"), "--run", "mlp_tiny"]) is None
     assert [path] == list((project / "results").glob("*/*.json")) and path.read_text() == written
     record = json.loads(written)
     assert path.parent.name == "mlp_tiny" and record["config_file"] == "configs/mlp.yaml"
