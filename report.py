@@ -116,16 +116,17 @@ def record_runs(logdir: Path, results_dir: Path, commit: str | None = None,
         raise ReportError(f"'{logdir}' is not a folder of runs.\nHINT: pass the runs' save_dir, e.g. lightning_logs.")
     run_dirs = sorted(path for path in logdir.glob("*/*") if (path / RUN_RECORD_FILE).is_file())
     if runs is not None:
+        # Each run answers to its logger name and to name/version.
+        names = {run_dir: {run_dir.parent.name, run_dir.relative_to(logdir).as_posix()} for run_dir in run_dirs}
         wanted = {run.strip("/") for run in runs}
-        unknown = sorted(run for run in wanted
-                         if not any(run in (d.parent.name, f"{d.parent.name}/{d.name}") for d in run_dirs))
+        unknown = sorted(wanted.difference(*names.values()))
         if unknown:
             raise ReportError(
                 f"--run {' '.join(unknown)}: no run of that name under '{logdir}' "
-                f"(runs there: {', '.join(f'{d.parent.name}/{d.name}' for d in run_dirs) or 'none'})."
+                f"(runs there: {', '.join(d.relative_to(logdir).as_posix() for d in run_dirs) or 'none'})."
                 "\nHINT: NAME is the logger's name (--trainer.logger.init_args.name), VERSION its version."
             )
-        run_dirs = [d for d in run_dirs if wanted & {d.parent.name, f"{d.parent.name}/{d.name}"}]
+        run_dirs = [run_dir for run_dir in run_dirs if wanted & names[run_dir]]
     written, skipped = [], []
     for run_dir in run_dirs:
         try:
